@@ -1,0 +1,1 @@
+"""RobustFL ClientApp: local adversarial training on one partition plus its share of G."""

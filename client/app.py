@@ -1,0 +1,133 @@
+"""ClientApp: answers the server's hello, trains adversarially, evaluates locally.
+
+Each node derives its partition from its node config (partition-id, num-partitions,
+data-dir) and the run's seed; its share of the shared pool G arrives in a train message once
+and is kept in the node's context.state for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common import protocol
+from common.config import ExperimentConfig
+from common.evaluation import EvalSettings, evaluate as evaluate_model, parse_attacks
+from common.models import build_model
+from common.training import train as train_model
+
+from . import faults, local_data
+from .node import NodeSettings
+
+app = ClientApp()
+log = logging.getLogger("robustfl.client")
+
+LOCAL_EVAL_ATTACKS = "fgsm"  # local evaluation stays cheap; the server runs the full set
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _setup(context: Context) -> tuple[ExperimentConfig, NodeSettings]:
+    return ExperimentConfig.from_flat(context.run_config), NodeSettings.from_node_config(
+        context.node_config
+    )
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, after checking its data loads."""
+    cfg, node = _setup(context)
+    images, _ = local_data.partition(cfg, node)
+    metrics = MetricRecord({"partition-id": node.partition_id,
+                            "num-partitions": node.num_partitions,
+                            "num-examples": int(images.shape[0])})
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+
+
+def _share(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray, bool]:
+    """This round's share of G: from the message if sent, else from the node's state."""
+    wanted = str(msg.content[protocol.CONFIG][protocol.SHARE_HASH])
+    if protocol.SHARE in msg.content:
+        record = msg.content[protocol.SHARE]
+        x, y = record["x"].numpy(), record["y"].numpy()
+        got = protocol.content_hash(x, y)
+        if got != wanted:
+            raise ValueError(f"shared-pool share arrived corrupted (hash {got}, "
+                             f"expected {wanted})")
+        context.state[protocol.SHARE] = ArrayRecord({"x": record["x"], "y": record["y"]})
+        context.state["share-meta"] = ConfigRecord({"hash": got})
+        return x, y, True
+    meta = context.state.get("share-meta")
+    if meta is None or meta["hash"] != wanted:
+        # The server thinks we hold it but we do not (e.g. this node restarted): fail so
+        # the server sends it again next round.
+        raise RuntimeError(f"shared-pool share {wanted} not held by this node; "
+                           "the server will resend it")
+    record = context.state[protocol.SHARE]
+    return record["x"].numpy(), record["y"].numpy(), False
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, node = _setup(context)
+    settings = protocol.settings_from_record(dict(msg.content[protocol.CONFIG]))
+    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    share_x, share_y, share_received = _share(msg, context)
+    images, labels = local_data.partition(cfg, node)
+    if share_x.size:
+        images = torch.cat([images, torch.from_numpy(share_x)])
+        labels = torch.cat([labels, torch.from_numpy(share_y)])
+
+    fault = faults.for_partition(cfg, node.partition_id)
+    fault.before_training()
+    dev = device()
+    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+    model.to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    trainable = torch.compile(model) if cfg.train.compile else model
+    started = time.perf_counter()
+    stats = train_model(trainable, images.to(dev), labels.to(dev), settings,
+                        seed=protocol.client_seed(cfg.seed, server_round, node.partition_id))
+    log.info("partition %d round %d: %d images, loss %.3f, %.1fs", node.partition_id,
+             server_round, stats.num_examples, stats.loss, time.perf_counter() - started)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    metrics = {
+        "num-examples": stats.num_examples,
+        "partition-id": node.partition_id,
+        "shared-examples": int(share_x.shape[0]),
+        "share-received": int(share_received),
+        **stats.as_metrics(),
+    }
+    reply = RecordDict({
+        protocol.ARRAYS: ArrayRecord(fault.corrupt(state)),
+        protocol.METRICS: MetricRecord({k: metrics[k] for k in protocol.TRAIN_METRIC_KEYS}),
+    })
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Natural and FGSM accuracy of the global model on this node's own test split."""
+    cfg, node = _setup(context)
+    dev = device()
+    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+    model.to(dev)
+    images, labels = local_data.local_test_split(cfg, node)
+    settings = EvalSettings(parse_attacks(LOCAL_EVAL_ATTACKS), eps=cfg.eval.eps,
+                            step=cfg.eval.step, batch_size=cfg.eval.batch_size)
+    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    acc = evaluate_model(model, images.to(dev), labels.to(dev), settings,
+                         seed=protocol.eval_seed(cfg.seed, server_round))
+    metrics = MetricRecord({"num-examples": int(images.shape[0]),
+                            "partition-id": node.partition_id, **acc})
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -1,0 +1,191 @@
+"""Local adversarial training: every batch is clean + PGD + Gaussian-noise copies, soft labels.
+
+The three parts go through the model as one concatenated batch (one forward/backward), each
+part weighted in the loss. Images stay uint8 on the training device; crop/flip, PGD and
+noise are batched tensor ops there. The loop never synchronises with the host: statistics
+are summed on the device and read once at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import schedules
+from .attacks import pgd
+from .data import augment
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one call of `train` needs; built from the experiment config per round."""
+
+    lr: float
+    schedule: str = "fixed"
+    progress_start: float = 0.0  # global training progress covered by this call
+    progress_end: float = 1.0
+    epochs: int = 1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    label_smoothing: float = 0.05
+    noise_std: float = 0.05
+    adversarial: bool = True
+    weight_clean: float = 1.0
+    weight_adv: float = 1.0
+    weight_noise: float = 1.0
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+    amp: bool = True  # bf16 autocast, CUDA only
+
+    def part_weights(self) -> dict[str, float]:
+        """Normalized loss weights of the parts that are actually used."""
+        parts = {"clean": self.weight_clean}
+        if self.adversarial:
+            parts["adv"] = self.weight_adv
+        if self.noise_std > 0:
+            parts["noise"] = self.weight_noise
+        parts = {k: w for k, w in parts.items() if w > 0}
+        total = sum(parts.values())
+        if total <= 0:
+            raise ValueError("every loss part has weight 0; give one a positive weight")
+        return {k: w / total for k, w in parts.items()}
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    num_examples: int
+    steps: int
+    loss: float
+    clean_loss: float
+    adv_loss: float
+    noise_loss: float
+    clean_acc: float
+    seconds: float
+
+    def as_metrics(self) -> dict[str, float | int]:
+        return {
+            "train_loss": self.loss,
+            "clean_loss": self.clean_loss,
+            "adv_loss": self.adv_loss,
+            "noise_loss": self.noise_loss,
+            "train_acc": self.clean_acc,
+            "train_steps": self.steps,
+            "train_seconds": self.seconds,
+        }
+
+
+def soft_labels(y: torch.Tensor, alpha: float, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Soft targets: the true class gets 1 - alpha(N-1)/N, every other class alpha/N.
+
+    This is exactly what F.cross_entropy(label_smoothing=alpha) uses; it is here to be
+    checked and for callers that need the targets themselves.
+    """
+    targets = torch.full((y.numel(), num_classes), alpha / num_classes, device=y.device)
+    return targets.scatter_(1, y[:, None], 1 - alpha * (num_classes - 1) / num_classes)
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower here)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.SGD:
+    # foreach=True fuses the per-parameter updates into a few kernels.
+    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
+                           weight_decay=s.weight_decay, foreach=True)
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    seed: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainStats:
+    """Train `model` for settings.epochs over (images uint8 NCHW, labels) in place.
+
+    images/labels must already be on the model's device. The learning rate follows the
+    schedule from progress_start to progress_end over the steps of this call.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (N,3,32,32), got {images.dtype}")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("no training images: this client's partition is empty")
+    device = images.device
+    torch.manual_seed(seed)  # RReLU and anything else that draws from the global stream
+    gen = torch.Generator(device=device).manual_seed(seed)
+    weights = settings.part_weights()
+    parts = list(weights)
+    w = torch.tensor([weights[p] for p in parts], device=device)
+    optimizer = optimizer or make_optimizer(model, settings)
+    batch = min(settings.batch_size, n)
+    steps_per_epoch = -(-n // batch)
+    total_steps = steps_per_epoch * settings.epochs
+    span = settings.progress_end - settings.progress_start
+    sums = torch.zeros(len(parts) + 1, device=device)  # per-part loss sums, clean correct
+    start = time.perf_counter()
+    model.train()
+    step_index = 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, device=device, generator=gen)
+        for first in range(0, n, batch):
+            idx = order[first : first + batch]
+            x = augment(images[idx], gen)
+            y = labels[idx]
+            lr = schedules.lr_at(
+                settings.schedule, settings.lr,
+                settings.progress_start + span * step_index / total_steps,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs = [x]
+            with autocast_for(device, settings.amp):
+                if "adv" in weights:
+                    inputs.append(pgd(model, x, y, settings.eps, settings.step, settings.steps,
+                                      settings.random_start, generator=gen))
+                if "noise" in weights:
+                    noise = torch.randn(x.shape, device=device, generator=gen)
+                    inputs.append((x + settings.noise_std * noise).clamp_(0.0, 1.0))
+                if "clean" not in weights:
+                    inputs.pop(0)
+                logits = model(torch.cat(inputs)).float()
+            per_sample = F.cross_entropy(
+                logits, y.repeat(len(inputs)), label_smoothing=settings.label_smoothing,
+                reduction="none",
+            ).view(len(inputs), -1)
+            part_means = per_sample.mean(1)
+            loss = (part_means * w).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sums[:-1] += part_means.detach() * y.numel()
+                sums[-1] += (logits[: y.numel()].argmax(1) == y).sum()
+            step_index += 1
+    totals = sums.tolist()  # the one host sync of the call
+    seen = n * settings.epochs
+    per_part = {p: totals[i] / seen for i, p in enumerate(parts)}
+    return TrainStats(
+        num_examples=n,
+        steps=total_steps,
+        loss=sum(per_part[p] * weights[p] for p in parts),
+        clean_loss=per_part.get("clean", 0.0),
+        adv_loss=per_part.get("adv", 0.0),
+        noise_loss=per_part.get("noise", 0.0),
+        clean_acc=totals[-1] / seen,  # of the first part (clean unless its weight is 0)
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,1 @@
+"""RobustFL ServerApp: shared-pool FedAvg, central robust evaluation, checkpoints, results."""

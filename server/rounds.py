@@ -1,0 +1,105 @@
+"""The round loop: train, guard, aggregate, evaluate centrally, record, checkpoint.
+
+It replaces Strategy.start, which cannot resume at a later round, waits for nodes without a
+bound and keeps results only in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from common import protocol
+from common.config import ExperimentConfig
+
+from .central import CentralEvaluator
+from .messaging import exchange
+from .store import RunStore
+from .strategy import NotEnoughNodes, SharedPool
+
+LOSS_KEYS = ("train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc")
+
+
+def _weighted(rows: list[dict], key: str) -> float:
+    ok = [r for r in rows if r["status"] == "ok"]
+    total = sum(r["num_examples"] for r in ok)
+    if not total:
+        return math.nan
+    return sum(r[key] * r["num_examples"] for r in ok) / total
+
+
+def _progress_line(cfg: ExperimentConfig, rnd: int, row: dict, elapsed: float,
+                   rounds_done: int) -> str:
+    accs = " | ".join(f"{k[:-4]} {100 * v:.1f}%" for k, v in row.items()
+                      if k.endswith("_acc") and k != "train_acc" and not math.isnan(v))
+    remaining = cfg.fl.num_rounds - rnd
+    eta = elapsed / max(rounds_done, 1) * remaining
+    return (f"[round {rnd}/{cfg.fl.num_rounds}] {accs or 'no evaluation this round'} | "
+            f"{row['clients_ok']} ok, {row['clients_failed']} failed, "
+            f"{row['clients_rejected']} rejected | {row['round_seconds']:.0f} s, "
+            f"eta {eta / 60:.1f} min")
+
+
+def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: SharedPool,
+               evaluator: CentralEvaluator, start_round: int, arrays: ArrayRecord) -> ArrayRecord:
+    """Run rounds start_round..num_rounds; stops cleanly (status "stopped") when nodes are
+    missing for longer than fl.node-wait. Returns the final global arrays."""
+    started = time.perf_counter()
+    for rnd in range(start_round, cfg.fl.num_rounds + 1):
+        t0 = time.perf_counter()
+        try:
+            messages = strategy.configure_train(rnd, arrays, ConfigRecord({}), grid)
+        except NotEnoughNodes as exc:
+            log(WARNING, "Stopping the run before round %d: %s", rnd, exc)
+            store.set_status("stopped", rnd - 1, str(exc))
+            return arrays
+        replies, _ = exchange(grid, messages, timeout=cfg.fl.round_timeout)
+        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        client_rows = strategy.client_rows
+        t_train = time.perf_counter() - t0
+
+        federated = {}
+        eval_messages = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+        if eval_messages:
+            eval_replies, _ = exchange(grid, eval_messages, timeout=cfg.fl.round_timeout)
+            aggregated = strategy.aggregate_evaluate(rnd, eval_replies)
+            federated = {f"client_{k}": v for k, v in (aggregated or {}).items()
+                         if k.endswith("_acc")}
+
+        lr_start, lr_end = protocol.round_lr_range(cfg, rnd)
+        row = {
+            "round": rnd,
+            **{f"{c}": math.nan for c in evaluator.columns},
+            **{k: _weighted(client_rows, k) for k in LOSS_KEYS},
+            **federated,
+            "clients_sampled": len(messages),
+            "clients_ok": sum(r["status"] == "ok" for r in client_rows),
+            "clients_failed": sum(r["status"] in ("failed", "timeout") for r in client_rows),
+            "clients_rejected": sum(r["status"] == "rejected" for r in client_rows),
+            "shares_sent": sum(r["share_sent"] for r in client_rows),
+            "lr_start": lr_start, "lr_end": lr_end,
+            "train_seconds": t_train,
+        }
+        if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
+            row.update(evaluator(arrays.to_torch_state_dict(), rnd))
+        row["round_seconds"] = time.perf_counter() - t0
+        state = arrays.to_torch_state_dict()
+        store.save_checkpoint(cfg, rnd, state)
+        store.record_round(row, client_rows)
+        store.set_status("running", rnd)
+        log(INFO, _progress_line(cfg, rnd, row, time.perf_counter() - started,
+                                 rnd - start_round + 1))
+    return arrays
+
+
+def arrays_finite(arrays: ArrayRecord) -> bool:
+    return all(np.isfinite(a.numpy()).all() for a in arrays.values()
+               if np.dtype(a.dtype).kind == "f")

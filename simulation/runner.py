@@ -1,0 +1,94 @@
+"""Run one experiment through Flower's simulation engine and report its outcome."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.config import ExperimentConfig
+from common.data import load_cifar10
+from server.store import RunStore
+
+from .engine import run_app, simulation_link
+from .progress import RoundProgress
+
+# Lines of the Flower stream worth showing besides the progress bar.
+NOTEWORTHY = re.compile(r"WARNING|ERROR|Traceback|Exception|failed|refused|Stopping")
+DEFAULT_TIMEOUT = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_supernodes: int
+    cpus_per_client: int = 1
+    gpus_per_client: float = 0.0
+
+    def federation_config(self) -> dict[str, Any]:
+        return {"num-supernodes": self.num_supernodes,
+                "client-resources-num-cpus": self.cpus_per_client,
+                "client-resources-num-gpus": self.gpus_per_client}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str  # finished | stopped | failed
+    reason: str
+    root: Path
+    rounds: pd.DataFrame
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def write_overrides(overrides: dict[str, Any], folder: Path) -> Path:
+    path = folder / "overrides.toml"
+    lines = [f'"{k}" = {toml_value(v)}' for k, v in sorted(overrides.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def preflight(cfg: ExperimentConfig) -> RunStore:
+    """Everything that can be checked before Flower starts: output folder, resume point
+    and the data (a clear error now instead of a traceback in a Ray actor later)."""
+    store, _ = RunStore.locate(cfg)
+    load_cifar10(cfg.data.dir, download=cfg.data.download)
+    return store
+
+
+def run_experiment(cfg: ExperimentConfig, overrides: dict[str, Any], resources: Resources,
+                   verbose: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                   label: str = "run") -> RunOutcome:
+    store = preflight(cfg)
+    progress = RoundProgress(label)
+    log_path = store.root / "simulation.log"
+
+    with tempfile.TemporaryDirectory(prefix="robustfl-run-") as tmp, \
+            log_path.open("a") as log_file, simulation_link(Path(tmp)) as link:
+        overrides_file = write_overrides(overrides, Path(tmp))
+
+        def on_line(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            if not progress.feed(line) and (verbose or NOTEWORTHY.search(line)):
+                progress.note(line)
+
+        code = run_app(link, overrides_file, resources.federation_config(), on_line, timeout)
+    progress.close()
+    status = store.status()
+    rounds = pd.read_csv(store.rounds_csv) if store.rounds_csv.exists() else pd.DataFrame()
+    if code != 0 and status.get("status") == "finished":
+        code = 0  # flwr's exit code after a finished stream is not meaningful
+    return RunOutcome(status.get("status", "failed"),
+                      status.get("reason", "" if code == 0 else f"flwr exited with {code}; "
+                                 f"see {log_path}"),
+                      store.root, rounds)

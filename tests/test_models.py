@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from common.activations import NAMES, TeLU, make_activation
+from common.models import build_model, count_parameters
+
+
+def test_eleven_activations_with_lower_case_names():
+    assert NAMES == ("relu", "rrelu", "softplus", "gelu", "selu", "celu", "silu", "hardsilu",
+                     "hardtanh", "telu", "mish")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_activation_builds_a_model_with_finite_input_gradients(name):
+    torch.manual_seed(0)
+    model = build_model(name, width=8)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.logsumexp(1).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_is_injected_everywhere(name):
+    model = build_model(name, width=8)
+    expected = type(make_activation(name))
+    found = [m for m in model.modules() if isinstance(m, expected)]
+    assert len(found) == 1 + 8 * 2  # the stem plus two per basic block
+
+
+def test_unknown_activation_lists_valid_names():
+    with pytest.raises(ValueError, match="relu, rrelu, softplus.*telu, mish"):
+        make_activation("swish")
+
+
+def test_telu_matches_definition_and_survives_large_inputs():
+    x = torch.tensor([-5.0, -1.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+    assert torch.allclose(TeLU()(x), x * torch.tanh(torch.exp(x)))
+    big = torch.tensor([50.0, 100.0, 1e4, 3e38], requires_grad=True)
+    y = TeLU()(big)
+    y.sum().backward()
+    assert torch.equal(y.detach(), big.detach())  # tanh(exp(x)) == 1 for large x
+    assert torch.isfinite(big.grad).all()
+
+
+def test_standard_width_has_the_resnet18_parameter_count():
+    assert abs(count_parameters(build_model("relu", 64)) - 11.17e6) <= 0.05e6
+
+
+def test_no_downsample_variant_keeps_resolution_and_parameters():
+    standard, literal = build_model("relu", 8), build_model("relu", 8, "no-downsample")
+    assert count_parameters(standard) == count_parameters(literal)
+    feats = {}
+    literal.stages[3].register_forward_hook(lambda m, i, o: feats.update(out=o.shape))
+    literal(torch.rand(2, 3, 32, 32))
+    assert feats["out"][-2:] == (32, 32)
+    with pytest.raises(ValueError, match="standard, no-downsample"):
+        build_model("relu", 8, "tiny")
+
+
+def test_normalization_is_inside_the_model_and_not_in_its_weights():
+    model = build_model("relu", 8).eval()
+    assert "mean" not in model.state_dict() and "std" not in model.state_dict()
+    # Inputs live in [0, 1]: a constant image at the dataset mean maps to zero at the stem.
+    mean_image = model.mean.expand(1, 3, 32, 32)
+    normalized = (mean_image - model.mean) / model.std
+    assert torch.allclose(normalized, torch.zeros_like(normalized))
