@@ -77,6 +77,13 @@ class EvalSettings:
     eot_samples: int = 10
     deepfool_l2: float = 0.5
     batch_size: int = 250
+    plain: bool = True  # also evaluate without noise (always, when noise_std is 0)
+
+    def suffixes(self) -> list[str]:
+        """Column suffixes: "" for the plain model, "_noise" for the noise-wrapped one."""
+        if self.noise_std <= 0:
+            return [""]
+        return ([""] if self.plain else []) + ["_noise"]
 
 
 def _attack(spec: AttackSpec, model, x, y, s: EvalSettings, randomized: bool, gen):
@@ -109,9 +116,8 @@ def evaluate(
     device = images.device
     torch.manual_seed(seed)  # the noise wrapper draws from the global stream
     gen = torch.Generator(device=device).manual_seed(seed)
-    targets = [("", model, False)]
-    if settings.noise_std > 0:
-        targets.append(("_noise", GaussianNoise(model, settings.noise_std), True))
+    targets = [(suffix, GaussianNoise(model, settings.noise_std) if suffix else model,
+                 bool(suffix)) for suffix in settings.suffixes()]
     counts: dict[str, torch.Tensor] = {}
     norms: dict[str, list[torch.Tensor]] = {}
 
@@ -149,7 +155,7 @@ def evaluate(
 def columns(settings: EvalSettings) -> list[str]:
     """The result keys `evaluate` returns for these settings, in order."""
     names = []
-    for suffix in ([""] + (["_noise"] if settings.noise_std > 0 else [])):
+    for suffix in settings.suffixes():
         names.append(f"natural{suffix}_acc")
         for spec in settings.attacks:
             names.append(f"{spec.column}{suffix}_acc")

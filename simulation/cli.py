@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from common.config import ConfigError, describe
 from common.data import DataError
+from common.evaluation import parse_attacks
 from common.partition import PartitionError
 from server.store import RunStoreError
 
 from .engine import EngineError
-from .overrides import UsageError, build_config
+from .final_eval import HONEST_ATTACKS, evaluate_run
+from .overrides import UsageError, absolutize_paths, build_config, parse_assignment
+from .report import write_report
 from .runner import DEFAULT_TIMEOUT, Resources, run_experiment
+from .studies import SCALES, STUDIES, study_cells
+from .sweep import DEFAULT_OUT, run_sweep
 
-USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError)
+USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError,
+               FileNotFoundError)
 
 SUMMARY_COLUMNS = ("round", "natural_acc", "fgsm_acc", "pgd10_acc", "pgd20_acc",
                    "natural_noise_acc", "fgsm_noise_acc", "clients_ok", "clients_failed",
@@ -47,6 +54,35 @@ def _parser() -> argparse.ArgumentParser:
     central = sub.add_parser("centralized", help="same as run --centralized")
     _add_run_arguments(central)
     sub.add_parser("keys", help="list every run-config key with its default")
+
+    sweep = sub.add_parser("sweep", help="run a study (a grid of runs) and write its report")
+    sweep.add_argument("study", choices=STUDIES)
+    sweep.add_argument("--scale", choices=SCALES, default="cpu",
+                       help="paper (GPU), cpu (minutes per cell on 2 cores) or toy (seconds)")
+    sweep.add_argument("--out", default=None, metavar="DIR",
+                       help=f"sweep root (default {DEFAULT_OUT}/<study>-<scale>)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       dest="assignments", help="override a key in every cell, e.g. data.dir")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="grid study only: an axis of the grid; repeatable")
+    sweep.add_argument("--centralized", action="store_true",
+                       help="grid study only: centralized cells (default: federated)")
+    sweep.add_argument("--num-supernodes", type=int, default=10,
+                       help="clients of federated cells (default 10)")
+    sweep.add_argument("--cpus-per-client", type=int, default=1)
+    sweep.add_argument("--gpus-per-client", type=float, default=None)
+    sweep.add_argument("--attacks", default=HONEST_ATTACKS,
+                       help=f"final evaluation attacks (default {HONEST_ATTACKS})")
+    sweep.add_argument("-v", "--verbose", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a finished run's final model")
+    evaluate.add_argument("run", help="the run folder (holds config.json and final.pt)")
+    evaluate.add_argument("--attacks", default=HONEST_ATTACKS)
+    evaluate.add_argument("--noise-std", default="0", metavar="S1,S2",
+                          help="test-time noise levels, comma-separated (default 0)")
+    evaluate.add_argument("--eval-limit", type=int, default=None,
+                          help="test images (default: the run's data.eval-limit; 0 = all)")
+    evaluate.add_argument("--data-dir", default=None, help="override the run's data.dir")
     return parser
 
 
@@ -88,6 +124,51 @@ def cmd_keys() -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import torch
+
+    extra = {}
+    for text in args.assignments:
+        key, value = parse_assignment(text)
+        extra[key] = value
+    extra = absolutize_paths(extra)
+    cells = study_cells(args.study, args.scale, args.grid, args.centralized,
+                        args.num_supernodes)
+    folder = Path(args.out).expanduser().resolve() if args.out else \
+        DEFAULT_OUT / f"{args.study}-{args.scale}"
+    gpus = args.gpus_per_client
+    if gpus is None:
+        gpus = 0.25 if torch.cuda.is_available() else 0.0
+    print(f"{args.study} study at {args.scale} scale: {len(cells)} cells -> {folder}",
+          flush=True)
+    outcomes = run_sweep(args.study, cells, folder, extra, args.cpus_per_client, gpus,
+                         args.verbose)
+    print("final evaluation of every finished cell ...", flush=True)
+    report = write_report(args.study, outcomes, folder, attacks=args.attacks)
+    print(f"report: {report / 'tables.md'}")
+    unfinished = [cell.name for cell, _, status in outcomes if status != "finished"]
+    if unfinished:
+        print(f"not finished: {', '.join(unfinished)}; run the same command again to "
+              "resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    try:
+        levels = [float(s) for s in args.noise_std.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--noise-std expects numbers like 0,0.05, got {args.noise_std!r}")
+    parse_attacks(args.attacks)
+    run = Path(args.run).expanduser().resolve()
+    if not (run / "final.pt").is_file():
+        raise UsageError(f"{run} has no final.pt: the run has not finished")
+    frame = evaluate_run(run, levels, args.attacks, args.eval_limit, args.data_dir)
+    print(frame.drop(columns=["attacks"]).to_string(index=False, float_format="%.3f"))
+    print(f"saved: {run / 'final_eval.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -95,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys()
         if args.command in ("run", "centralized"):
             return cmd_run(args, centralized=args.command == "centralized" or args.centralized)
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ import contextlib
 import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .procs import stop_tree
 
 CONNECTION = "robustfl-sim"
 START_TIMEOUT = 60.0
@@ -66,24 +67,6 @@ def bin_path(name: str) -> str:
     """A console script of this Python environment (works without an activated venv)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
-
-
-def stop_process_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the group, wait (bounded), then SIGKILL what is left."""
-    if proc.poll() is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # children may outlive the leader
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout)
 
 
 @dataclass
@@ -138,7 +121,7 @@ def simulation_link(log_dir: Path | None = None) -> Iterator[SimulationLink]:
             time.sleep(0.2)
         yield link
     finally:
-        stop_process_group(proc)
+        stop_tree(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -184,4 +167,4 @@ def run_app(
                 return proc.wait(timeout=STOP_TIMEOUT)
             on_line(line)
     finally:
-        stop_process_group(proc)
+        stop_tree(proc)

@@ -17,8 +17,10 @@ from server.store import RunStore
 from .engine import run_app, simulation_link
 from .progress import RoundProgress
 
-# Lines of the Flower stream worth showing besides the progress bar.
+# Lines of the Flower stream worth showing besides the progress bar, minus known chatter.
 NOTEWORTHY = re.compile(r"WARNING|ERROR|Traceback|Exception|failed|refused|Stopping")
+CHATTER = re.compile(r"default simulated SuperNodes changed|fraction_evaluate is set to 0|"
+                     r"Manually terminating ClientAppActor|FutureWarning|warnings.warn")
 DEFAULT_TIMEOUT = 7 * 24 * 3600.0
 
 
@@ -79,7 +81,9 @@ def run_experiment(cfg: ExperimentConfig, overrides: dict[str, Any], resources: 
         def on_line(line: str) -> None:
             log_file.write(line + "\n")
             log_file.flush()
-            if not progress.feed(line) and (verbose or NOTEWORTHY.search(line)):
+            if progress.feed(line):
+                return
+            if verbose or (NOTEWORTHY.search(line) and not CHATTER.search(line)):
                 progress.note(line)
 
         code = run_app(link, overrides_file, resources.federation_config(), on_line, timeout)

@@ -1,0 +1,70 @@
+"""Evaluate a finished run's final model with the honest attack suite, after training.
+
+Training-time evaluation uses cheap attacks; the report needs strong ones (PGD-50 with
+restarts, EOT-PGD through the noise, C&W, DeepFool) and several test-time noise levels. This
+runs them once per run and noise level and caches the rows in <run>/final_eval.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common import protocol, results
+from common.config import ExperimentConfig
+from common.data import load_cifar10
+from common.evaluation import EvalSettings, evaluate, parse_attacks
+from common.models import build_model
+from common.partition import eval_indices
+
+HONEST_ATTACKS = "fgsm,pgd20,pgd50x5,eot-pgd20,cw20,deepfool"
+FINAL_ROUND_TAG = 10_000  # keeps the post-hoc evaluation's seed apart from the rounds'
+
+
+def load_run_config(run: Path) -> ExperimentConfig:
+    path = run / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} has no config.json; is it a RobustFL run folder?")
+    return ExperimentConfig.from_flat(json.loads(path.read_text())["config"])
+
+
+def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATTACKS,
+                 eval_limit: int | None = None, data_dir: str | None = None) -> pd.DataFrame:
+    """Rows (one per noise level) of accuracies of <run>/final.pt; cached per level."""
+    cfg = load_run_config(run)
+    cache = run / "final_eval.csv"
+    done = results.read_csv(cache)
+    limit = cfg.data.eval_limit if eval_limit is None else eval_limit
+    wanted = [s for s in noise_levels
+              if done.empty or not ((done["noise_std"] == s) & (done["attacks"] == attacks)
+                                    & (done["eval_limit"] == limit)).any()]
+    if wanted:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        data = load_cifar10(data_dir or cfg.data.dir, download=cfg.data.download)
+        idx = torch.from_numpy(eval_indices(data.test_y.numpy(), limit, cfg.seed))
+        images, labels = data.test_x[idx].to(device), data.test_y[idx].to(device)
+        model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+        model.load_state_dict(torch.load(run / "final.pt", map_location="cpu",
+                                         weights_only=True))
+        model.to(device)
+        rows = []
+        for sigma in wanted:
+            started = time.perf_counter()
+            settings = EvalSettings(parse_attacks(attacks), eps=cfg.eval.eps,
+                                    step=cfg.eval.step, noise_std=sigma,
+                                    eot_samples=cfg.eval.eot_samples,
+                                    deepfool_l2=cfg.eval.deepfool_l2,
+                                    batch_size=cfg.eval.batch_size,
+                                    plain=sigma == 0)  # the sigma = 0 row holds those
+            acc = evaluate(model, images, labels, settings,
+                           seed=protocol.eval_seed(cfg.seed, FINAL_ROUND_TAG))
+            rows.append({"noise_std": sigma, "attacks": attacks, "eval_limit": limit, **acc,
+                         "seconds": time.perf_counter() - started})
+        done = results.upsert_rows(cache, rows, keys=["noise_std", "attacks", "eval_limit"])
+    keep = done["noise_std"].isin(noise_levels) & (done["attacks"] == attacks) \
+        & (done["eval_limit"] == limit)
+    return done[keep].reset_index(drop=True)
