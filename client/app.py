@@ -85,14 +85,12 @@ def train(msg: Message, context: Context) -> Message:
         images = torch.cat([images, torch.from_numpy(share_x)])
         labels = torch.cat([labels, torch.from_numpy(share_y)])
 
-    fault = faults.for_partition(cfg, node.partition_id)
+    fault = faults.for_partition(cfg, node.partition_id, server_round)
     fault.before_training()
     dev = device()
     model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
     model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
     model.to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
     trainable = torch.compile(model) if cfg.train.compile else model
     started = time.perf_counter()
     stats = train_model(trainable, images.to(dev), labels.to(dev), settings,

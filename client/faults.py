@@ -45,7 +45,10 @@ class Fault:
         return state
 
 
-def for_partition(cfg: ExperimentConfig, partition_id: int) -> Fault:
-    if cfg.fault.mode == "none" or partition_id not in parse_int_list(cfg.fault.partitions):
+def for_partition(cfg: ExperimentConfig, partition_id: int, server_round: int) -> Fault:
+    f = cfg.fault
+    rounds = parse_int_list(f.rounds)
+    if f.mode == "none" or partition_id not in parse_int_list(f.partitions) or (
+            rounds and server_round not in rounds):
         return Fault()
-    return Fault(cfg.fault.mode, cfg.fault.delay)
+    return Fault(f.mode, f.delay)

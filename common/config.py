@@ -212,6 +212,8 @@ class FaultConfig:
     mode: str = key(one_of("none", "nan", "wrong-shape", "wrong-dtype", "sign-flip", "delay"),
                     "what the partitions in fault.partitions do", default="none")
     partitions: str = key(int_list, "partition ids that misbehave, e.g. \"1,3\"", default="")
+    rounds: str = key(int_list, "rounds in which they misbehave (empty = every round)",
+                      default="")
     delay: float = key(at_least(0.0), "seconds a 'delay' client sleeps before training",
                        default=0.0)
 

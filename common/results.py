@@ -79,8 +79,14 @@ def save_torch(path: Path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+# Flower node ids are unsigned 64-bit: as numbers they would round through float64.
+TEXT_COLUMNS = {"node_id": str}
+
+
 def read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame()
+    if not Path(path).exists():
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype=TEXT_COLUMNS)
 
 
 def rows_to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

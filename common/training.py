@@ -94,11 +94,32 @@ def soft_labels(y: torch.Tensor, alpha: float, num_classes: int = NUM_CLASSES) -
     return targets.scatter_(1, y[:, None], 1 - alpha * (num_classes - 1) / num_classes)
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower here)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class FastPath:
+    """Device-specific speed-ups of the training loop (same maths, other kernels).
+
+    On CUDA both are on by default: channels_last memory layout and bf16 autocast for the
+    forward passes of training and of PGD generation (gradients and the optimizer stay fp32;
+    evaluation attacks never use autocast). On CPU both are off: bf16 is slower there and
+    channels_last does not pay at small widths. Tests force them on CPU to check that the
+    fast path computes the same thing.
+    """
+
+    channels_last: bool = False
+    autocast: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool = True) -> FastPath:
+        cuda = device.type == "cuda"
+        return cls(channels_last=cuda, autocast=cuda and amp)
+
+    def context(self, device: torch.device):
+        if self.autocast:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.SGD:
@@ -114,11 +135,13 @@ def train(
     settings: TrainSettings,
     seed: int,
     optimizer: torch.optim.Optimizer | None = None,
+    fast: FastPath | None = None,
 ) -> TrainStats:
     """Train `model` for settings.epochs over (images uint8 NCHW, labels) in place.
 
     images/labels must already be on the model's device. The learning rate follows the
-    schedule from progress_start to progress_end over the steps of this call.
+    schedule from progress_start to progress_end over the steps of this call. `fast`
+    defaults to FastPath.for_device(images.device, settings.amp).
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 (N,3,32,32), got {images.dtype}")
@@ -126,6 +149,9 @@ def train(
     if n == 0:
         raise ValueError("no training images: this client's partition is empty")
     device = images.device
+    fast = fast or FastPath.for_device(device, settings.amp)
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)  # RReLU and anything else that draws from the global stream
     gen = torch.Generator(device=device).manual_seed(seed)
     weights = settings.part_weights()
@@ -144,7 +170,7 @@ def train(
         order = torch.randperm(n, device=device, generator=gen)
         for first in range(0, n, batch):
             idx = order[first : first + batch]
-            x = augment(images[idx], gen)
+            x = fast.layout(augment(images[idx], gen))
             y = labels[idx]
             lr = schedules.lr_at(
                 settings.schedule, settings.lr,
@@ -153,7 +179,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs = [x]
-            with autocast_for(device, settings.amp):
+            with fast.context(device):
                 if "adv" in weights:
                     inputs.append(pgd(model, x, y, settings.eps, settings.step, settings.steps,
                                       settings.random_start, generator=gen))

@@ -59,6 +59,7 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
             log(WARNING, "Stopping the run before round %d: %s", rnd, exc)
             store.set_status("stopped", rnd - 1, str(exc))
             return arrays
+        store.set_status("running", rnd - 1, phase=f"round {rnd}: training")
         replies, _ = exchange(grid, messages, timeout=cfg.fl.round_timeout)
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
@@ -89,6 +90,7 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
             "train_seconds": t_train,
         }
         if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
+            store.set_status("running", rnd - 1, phase=f"round {rnd}: evaluating")
             row.update(evaluator(arrays.to_torch_state_dict(), rnd))
         row["round_seconds"] = time.perf_counter() - t0
         state = arrays.to_torch_state_dict()

@@ -162,9 +162,12 @@ class RunStore:
     def save_final(self, state_dict: dict[str, torch.Tensor]) -> None:
         results.save_torch(self.final_path, state_dict)
 
-    def set_status(self, status: str, last_round: int, reason: str = "") -> None:
+    def set_status(self, status: str, last_round: int, reason: str = "",
+                   phase: str = "") -> None:
+        """status.json: running / finished / stopped / failed, the last finished round and,
+        while running, what the run is doing now (for people and scripts that watch)."""
         results.write_json(self.status_path, {
-            "status": status, "last_round": last_round, "reason": reason,
+            "status": status, "last_round": last_round, "reason": reason, "phase": phase,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 

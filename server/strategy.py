@@ -187,7 +187,7 @@ class SharedPool:
             node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             answered.add(node)
             info = self.nodes.get(node)
-            row = {"round": server_round, "node_id": node,
+            row = {"round": server_round, "node_id": str(node),
                    "partition_id": info.partition_id if info else -1,
                    "share_sent": int(share_sent.get(node, False))}
             if reply.has_error():
@@ -217,7 +217,7 @@ class SharedPool:
                 if info:
                     info.share_hash = ""
                 self.client_rows.append({
-                    "round": server_round, "node_id": node,
+                    "round": server_round, "node_id": str(node),
                     "partition_id": info.partition_id if info else -1,
                     "share_sent": int(share_sent.get(node, False)), "status": "timeout",
                     "reason": f"no reply within fl.round-timeout={self.cfg.fl.round_timeout} s",

@@ -13,11 +13,11 @@ from common.partition import PartitionError
 from server.store import RunStoreError
 
 from .engine import EngineError
-from .final_eval import HONEST_ATTACKS, evaluate_run
+from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run
 from .overrides import UsageError, absolutize_paths, build_config, parse_assignment
 from .report import write_report
 from .runner import DEFAULT_TIMEOUT, Resources, run_experiment
-from .studies import SCALES, STUDIES, study_cells
+from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, study_cells
 from .sweep import DEFAULT_OUT, run_sweep
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError,
@@ -72,12 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus-per-client", type=int, default=1)
     sweep.add_argument("--gpus-per-client", type=float, default=None)
     sweep.add_argument("--attacks", default=HONEST_ATTACKS,
-                       help=f"final evaluation attacks (default {HONEST_ATTACKS})")
+                       help=f"final evaluation attacks on the model (default {HONEST_ATTACKS})")
+    sweep.add_argument("--noise-attacks", default=HONEST_NOISE_ATTACKS,
+                       help="final evaluation attacks through the test-time noise (default "
+                            f"{HONEST_NOISE_ATTACKS})")
+    sweep.add_argument("--final-eval-limit", type=int, default=None, metavar="N",
+                       help="test images of the final evaluation (default: per scale; 0 = all)")
     sweep.add_argument("-v", "--verbose", action="store_true")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a finished run's final model")
     evaluate.add_argument("run", help="the run folder (holds config.json and final.pt)")
-    evaluate.add_argument("--attacks", default=HONEST_ATTACKS)
+    evaluate.add_argument("--attacks", default=HONEST_ATTACKS,
+                          help="attacks on the model (noise level 0)")
+    evaluate.add_argument("--noise-attacks", default=HONEST_NOISE_ATTACKS,
+                          help="attacks through the noise (noise levels > 0)")
     evaluate.add_argument("--noise-std", default="0", metavar="S1,S2",
                           help="test-time noise levels, comma-separated (default 0)")
     evaluate.add_argument("--eval-limit", type=int, default=None,
@@ -144,7 +152,10 @@ def cmd_sweep(args) -> int:
     outcomes = run_sweep(args.study, cells, folder, extra, args.cpus_per_client, gpus,
                          args.verbose)
     print("final evaluation of every finished cell ...", flush=True)
-    report = write_report(args.study, outcomes, folder, attacks=args.attacks)
+    limit = args.final_eval_limit if args.final_eval_limit is not None else \
+        FINAL_EVAL_LIMIT[args.scale]
+    report = write_report(args.study, outcomes, folder, attacks=args.attacks,
+                          noise_attacks=args.noise_attacks, eval_limit=limit)
     print(f"report: {report / 'tables.md'}")
     unfinished = [cell.name for cell, _, status in outcomes if status != "finished"]
     if unfinished:
@@ -159,11 +170,16 @@ def cmd_evaluate(args) -> int:
         levels = [float(s) for s in args.noise_std.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--noise-std expects numbers like 0,0.05, got {args.noise_std!r}")
-    parse_attacks(args.attacks)
+    for spec in (args.attacks, args.noise_attacks):
+        try:
+            parse_attacks(spec)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     run = Path(args.run).expanduser().resolve()
     if not (run / "final.pt").is_file():
         raise UsageError(f"{run} has no final.pt: the run has not finished")
-    frame = evaluate_run(run, levels, args.attacks, args.eval_limit, args.data_dir)
+    frame = evaluate_run(run, levels, args.attacks, args.eval_limit, args.data_dir,
+                         args.noise_attacks)
     print(frame.drop(columns=["attacks"]).to_string(index=False, float_format="%.3f"))
     print(f"saved: {run / 'final_eval.csv'}")
     return 0

@@ -19,7 +19,7 @@ import pandas as pd
 from common import results
 from common.config import key_type
 
-from .final_eval import HONEST_ATTACKS, evaluate_run, load_run_config
+from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run, load_run_config
 from .studies import NOISE_LEVELS, Cell
 
 # The paper's headline number is FGSM through test-time noise; every other L-inf attack of
@@ -53,7 +53,8 @@ def _final_round(run: Path) -> dict[str, Any]:
 
 
 def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
-            attacks: str = HONEST_ATTACKS) -> tuple[pd.DataFrame, pd.DataFrame]:
+            attacks: str = HONEST_ATTACKS, noise_attacks: str = HONEST_NOISE_ATTACKS,
+            eval_limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, per_round = [], []
     for cell, run, status in outcomes:
         row: dict[str, Any] = {"cell": cell.name, "status": status,
@@ -67,7 +68,8 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
                         "clients": cell.num_supernodes})
             row.update(_final_round(run))
             levels = sorted({0.0, cfg.eval.noise_std, *noise_levels})
-            final = evaluate_run(run, levels, attacks)
+            final = evaluate_run(run, levels, attacks, eval_limit,
+                                 noise_attacks=noise_attacks)
             for _, r in final.iterrows():
                 sigma = r["noise_std"]
                 for k, v in r.items():
@@ -245,11 +247,12 @@ def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Pa
 
 
 def write_report(study: str, outcomes: list[tuple[Cell, Path, str]], folder: Path,
-                 noise_levels: list[float] | None = None,
-                 attacks: str = HONEST_ATTACKS) -> Path:
+                 noise_levels: list[float] | None = None, attacks: str = HONEST_ATTACKS,
+                 noise_attacks: str = HONEST_NOISE_ATTACKS,
+                 eval_limit: int | None = None) -> Path:
     levels = list(noise_levels if noise_levels is not None else
                   (NOISE_LEVELS if study == "noise" else ()))
-    table, per_round = collect(outcomes, levels, attacks)
+    table, per_round = collect(outcomes, levels, attacks, noise_attacks, eval_limit)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     results.write_csv(out / "results.csv", table)
@@ -257,12 +260,16 @@ def write_report(study: str, outcomes: list[tuple[Cell, Path, str]], folder: Pat
     if not per_round.empty:
         results.write_csv(out / "rounds.csv", per_round)
     pictures = figures(study, table, per_round, out)
+    limit = "each run's data.eval-limit" if eval_limit is None else \
+        (f"{eval_limit}" if eval_limit else "all")
     lines = [f"# {study} study: {folder.name}", "",
-             "Accuracies in %. `fgsm_noise_acc` is the paper's protocol (FGSM through "
-             "test-time noise); `pgd50x5` = PGD-50 with 5 restarts, `eot_pgd20_noise` = PGD-20 "
-             "with the gradient averaged over noise draws, `cw20` = PGD-20 on the C&W margin; "
+             "Accuracies in %, final models, on a fixed class-balanced test subset (size: "
+             f"{limit}). `fgsm_noise_acc` is the paper's protocol (FGSM through test-time "
+             "noise); `pgd50x5` = PGD-50 with 5 restarts, `eot_pgd20_noise` = PGD-20 with the "
+             "gradient averaged over noise draws, `cw20` = PGD-20 on the C&W margin; "
              "`deepfool_acc` = accuracy under an L2 bound, with the median L2 norm beside it; "
-             "`protocol_overstatement` = protocol minus the strongest attack.", ""]
+             "`protocol_overstatement` = protocol minus the strongest attack. Plain-model "
+             f"attacks: `{attacks}`; through the noise: `{noise_attacks}`.", ""]
     for title, frame in study_tables(study, table):
         lines += [f"## {title}", "", markdown_table(frame), ""]
     lines += ["## Where the paper's protocol overstates robustness", "",

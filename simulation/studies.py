@@ -23,6 +23,9 @@ VARYING_SCHEDULE = "cosine"  # the paper's "varying" LR is unspecified; this is 
 NOISE_LEVELS = (0.0, 0.03, 0.05, 0.1)  # test-time sigma of the noise study
 SHARES = (0.0, 0.2, 0.4, 0.6)
 NO_AT = {"train.adversarial": False, "train.noise-std": 0.0}
+# Test images of each cell's final (honest, expensive) evaluation; None = the run's own
+# data.eval-limit. At CPU scale 200 images keep PGD-50x5 and EOT-PGD to about a minute a cell.
+FINAL_EVAL_LIMIT = {"paper": 0, "cpu": 200, "toy": None}
 
 
 @dataclass(frozen=True)
@@ -42,17 +45,20 @@ def scale_base(scale: str, centralized: bool) -> dict[str, Any]:
             base.update({"fl.num-rounds": 200, "train.local-epochs": 1})
         return base
     if scale == "cpu":
+        # cpu-small shrunk so that a whole study stays well under an hour on 2 cores:
+        # 2,000 training images, PGD-2, evaluation on 500 images every other round.
         base = load_preset(PRESETS / "cpu-small.toml")
-        base.update({"data.train-limit": 5000, "data.eval-limit": 1000})
-        if centralized:  # the centralized reference: width 16, 6 epochs, batch 128
-            base.update({"model.width": 16, "fl.num-rounds": 6, "train.local-epochs": 1,
-                         "train.batch-size": 128})
+        base.update({"data.train-limit": 2000, "data.eval-limit": 500, "eval.every": 2,
+                     "attack.steps": 2, "attack.step": 2.5 * 8 / 255 / 2})
+        if centralized:  # one client, 3,000 images, 4 epochs of batch 128
+            base.update({"data.train-limit": 3000, "fl.num-rounds": 4,
+                         "train.local-epochs": 1, "train.batch-size": 128})
         return base
     if scale == "toy":  # seconds per cell: for tests and smoke runs
         return {"model.width": 8, "fl.num-rounds": 1, "train.local-epochs": 1,
                 "train.batch-size": 32, "data.train-limit": 200, "data.eval-limit": 40,
                 "eval.attacks": "fgsm,pgd2", "eval.noise-std": 0.05, "attack.steps": 1,
-                "fl.min-nodes": 1}
+                "fl.min-nodes": 1, "eval.eot-samples": 2}
     raise UsageError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
 
 

@@ -25,7 +25,7 @@ def sweep_command(data_dir, out):
     return [sys.executable, "-m", "simulation", "sweep", "grid", "--scale", "toy",
             "--grid", "model.activation=relu,telu", "--grid", "train.schedule=fixed,cosine",
             "--centralized", "--out", str(out), "--set", f"data.dir={data_dir}",
-            "--attacks", "fgsm,pgd3,eot-pgd2,cw2,deepfool"]
+            "--attacks", "fgsm,pgd3,cw2,deepfool", "--noise-attacks", "fgsm,eot-pgd2"]
 
 
 def test_sweep_resumes_after_an_interruption_and_reports_each_cell_once(data_dir, tmp_path):
