@@ -40,6 +40,9 @@ def main(grid: Grid, context: Context) -> None:
         data = load_cifar10(cfg.data.dir, download=cfg.data.download)
         plan = split_for(cfg, data.train_y.numpy(), num_partitions=1)  # G only
         strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan)
+        log(INFO, "Aggregation: %s; shared pool G: %d images, %d per client share",
+            type(strategy).__name__, plan.shared.size,
+            int(round(cfg.fl.shared_share * plan.shared.size)))
         evaluator = CentralEvaluator(cfg, data, device())
         if resume:
             start_round, state = resume.next_round, resume.state_dict

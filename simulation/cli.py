@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --set resume=true", file=sys.stderr)
+        hint = ("run the same command again: finished cells are kept, the interrupted one "
+                "continues from its checkpoint") if args.command == "sweep" else \
+            "continue with the same command plus --set resume=true"
+        print(f"interrupted; {hint}", file=sys.stderr)
         return 130
     return 2

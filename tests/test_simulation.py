@@ -44,11 +44,13 @@ def sets(*pairs):
 
 
 def test_federated_non_iid_run_with_shared_pool_and_a_nan_client(data_dir, tmp_path):
+    """Also the robust-aggregation path: FedMedian instead of FedAvg (the deployment tests
+    run FedAvg)."""
     out = tmp_path / "runs"
-    proc = harness(["run", "--num-supernodes", "3", *sets(
+    proc = harness(["run", "--num-supernodes", "3", "--verbose", *sets(
         f"data.dir={data_dir}", f"out.dir={out}", "out.run-name=fed", "fl.num-rounds=2",
         "fl.partition=classes", "fl.classes-per-client=2", "fl.shared-share=0.5",
-        "fl.min-nodes=3", "data.train-limit=600", *TINY,
+        "fl.min-nodes=3", "data.train-limit=600", *TINY, "fl.aggregation=fedmedian",
         "fault.mode=nan", "fault.partitions=2")])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     run = out / "fed"
@@ -78,6 +80,7 @@ def test_federated_non_iid_run_with_shared_pool_and_a_nan_client(data_dir, tmp_p
     assert (clients[clients["partition_id"] != 2]["status"] == "ok").all()
     assert rounds["clients_rejected"].tolist() == [1, 1]
     assert "round 2/2" in proc.stderr  # the progress display
+    assert "Aggregation: SharedPoolFedMedian" in proc.stderr
 
 
 def test_centralized_baseline_is_one_client_through_the_same_harness(data_dir, tmp_path):
