@@ -72,8 +72,9 @@ class RunStore:
             root = source if source.is_dir() else source.parent
             checkpoint = source / "checkpoint.pt" if source.is_dir() else source
             store = cls(root)
+            resume = store._resume(cfg, checkpoint)  # checked first: bad input creates nothing
             store._check_writable()
-            return store, store._resume(cfg, checkpoint)
+            return store, resume
         out_dir = Path(cfg.out.dir).expanduser() if cfg.out.dir else DEFAULT_OUT_DIR
         store = cls(out_dir / cfg.run_name())
         if cfg.resume:
@@ -82,8 +83,9 @@ class RunStore:
                     f"resume=true but {store.checkpoint_path} does not exist; start the run "
                     "without resume, or point resume-from at an existing checkpoint"
                 )
+            resume = store._resume(cfg, store.checkpoint_path)
             store._check_writable()
-            return store, store._resume(cfg, store.checkpoint_path)
+            return store, resume
         if store.rounds_csv.exists() or store.checkpoint_path.exists():
             raise RunStoreError(
                 f"results already exist in {store.root}; pass resume=true to continue that "
