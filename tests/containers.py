@@ -332,6 +332,7 @@ class Compose:
         local = workdir / "docker-compose.local.yml"
         local.write_text(override(ROOT / compose_files.FILES["base"], IMAGE, python_mounts()))
         self.files = [ROOT / compose_files.FILES["base"], *extra_files, local]
+        self.services = list(yaml.safe_load(self.files[0].read_text())["services"])
         self.env = {**engine.env, "ROBUSTFL_DATA": os.path.realpath(data_dir),
                     "ROBUSTFL_RESULTS": str(results)}
 
@@ -372,13 +373,14 @@ class Compose:
         log = self.log("superlink")
         return len(set(re.findall(r"\[Fleet\.ActivateNode\] Activated node_id=(\d+)", log)))
 
-    def wait_nodes(self, count: int, timeout: float = 180) -> None:
+    def wait_nodes(self, count: int, timeout: float = 120) -> None:
         def ready() -> bool:
             self.check_running()
             return self.activated_nodes() >= count
 
+        nodes = [s for s in self.services if s.startswith("supernode-")]
         wait(ready, timeout, f"{count} SuperNodes to be activated at the SuperLink",
-             lambda: self.logs(tail=40), interval=2)
+             lambda: self.logs("superlink", *nodes, tail=15), interval=2)
 
     def cli(self, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """The flwr CLI in a one-shot container inside the internal network."""

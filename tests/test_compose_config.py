@@ -52,6 +52,11 @@ def flags(argv: list[str]) -> tuple[str, dict[str, str | None]]:
     return program, found
 
 
+def default(value: str) -> str:
+    """The default of a "${VARIABLE:-default}" value."""
+    return re.fullmatch(r"\$\{[A-Z_]+:-([^}]*)\}", value).group(1)
+
+
 def command(service: dict) -> list[str]:
     return [str(a) for a in service["command"]]
 
@@ -121,7 +126,9 @@ def test_executors_reach_the_runtime_apis_and_mount_the_data_read_only(base):
         # The ClientApp reads data-dir from the node config inside the executor container.
         data_dir = re.search(r"data-dir='([^']+)'", node["--node-config"]).group(1)
         assert f"${{ROBUSTFL_DATA:-./data}}:{data_dir}:ro" in executor["volumes"]
-        assert float(executor["deploy"]["resources"]["limits"]["cpus"].split(":-")[1][:-1]) > 0
+        # A CPU limit, and no more torch threads than CPUs (extra threads only wait).
+        cpus = float(default(executor["deploy"]["resources"]["limits"]["cpus"]))
+        assert 1 <= int(default(executor["environment"]["OMP_NUM_THREADS"])) <= max(1, cpus)
     server = base["superexec-serverapp"]
     assert "${ROBUSTFL_DATA:-./data}:/data:ro" in server["volumes"]
     assert "${ROBUSTFL_RESULTS:-./results}:/results" in server["volumes"]

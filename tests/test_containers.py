@@ -51,7 +51,7 @@ def deployment(engine, data_dir, tmp_path_factory):
                                  extra_files=(Path(extra),) if extra else ())
     try:
         compose.up()
-        compose.wait_nodes(NODES, timeout=180)
+        compose.wait_nodes(NODES, timeout=120)
         yield compose
     finally:
         compose.down()
