@@ -55,7 +55,9 @@ class Deployment:
         return {**os.environ, "FLWR_HOME": str(self.home),
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "PYTHONUNBUFFERED": "1", **self.env_extra}
+                "PYTHONUNBUFFERED": "1",
+                # Several ClientApps share 2 cores here: one thread each avoids thrashing.
+                "OMP_NUM_THREADS": "1", **self.env_extra}
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
