@@ -216,8 +216,9 @@ services:
 def render_gpu(nodes: int) -> str:
     out = _header(nodes, "Overlay: an NVIDIA GPU for each ClientApp executor, in an image with "
                          "the CUDA build of\n# torch (PyPI's default wheels: CUDA 13; older "
-                         "drivers: ROBUSTFL_TORCH_INDEX=\n# https://download.pytorch.org/whl/cu126)."
-                         " Needs the NVIDIA Container Toolkit on the host.")
+                         "drivers: ROBUSTFL_TORCH_INDEX=\n# "
+                         "https://download.pytorch.org/whl/cu126). Needs the NVIDIA Container "
+                         "Toolkit on the host.")
     gpu = """    image: ${ROBUSTFL_GPU_IMAGE:-robustfl:flwr-1.41.0-cuda}
     build:
       context: .

@@ -107,12 +107,15 @@ def include_packages() -> list[str]:
 def _mirror() -> str:
     if os.environ.get("ROBUSTFL_DEBIAN_MIRROR"):
         return os.environ["ROBUSTFL_DEBIAN_MIRROR"]
-    for path in [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]:
+    # The mirror apt already uses (deb822 "URIs:" or one-line "deb" entries).
+    pattern = re.compile(r"^(?:URIs:|deb)\s+(?:\[[^]]*\]\s+)?(https?://\S+/debian)/?(?:\s|$)",
+                         re.M)
+    sources = [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]
+    for path in sources:
         with contextlib.suppress(OSError):
-            found = re.search(r"^(?:URIs:|deb)\s+(https?://\S+/debian)/?\s*$|^deb\s+(https?://\S+/debian)\s",
-                              path.read_text(), re.M)
+            found = pattern.search(path.read_text())
             if found:
-                return found.group(1) or found.group(2)
+                return found.group(1)
     return "http://deb.debian.org/debian"
 
 

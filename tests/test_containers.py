@@ -89,7 +89,8 @@ def test_a_supernode_stopped_mid_round_is_recorded_and_the_run_goes_on(deploymen
     containers.wait(lambda: deployment.log(executor).count(CLIENTAPP_STARTED) >= started + 2,
                     180, "round 1 to reach partition 1", lambda: deployment.logs(tail=40))
     deployment("stop", "--timeout", "10", "supernode-1", timeout=60)
-    status = deployment.wait_run(run_id, "node-down", timeout=420, allowed_down=("supernode-1",))
+    status = deployment.wait_run(run_id, "node-down", timeout=420,
+                                 allowed_down=("supernode-1", executor))
     assert status["status"] == "finished", status
 
     run = deployment.results / "node-down"
