@@ -132,7 +132,7 @@ def base_tarball(timeout: float = 900) -> Path:
         rootfs = Path(work) / "rootfs"
         run(["debootstrap", "--variant=minbase", f"--include={','.join(include_packages())}",
              SUITE, str(rootfs), _mirror()], timeout=timeout)
-        for junk in ["var/cache/apt/archives", "var/lib/apt/lists"]:  # not needed, ~80 MB
+        for junk in ["var/cache/apt/archives", "var/lib/apt/lists"]:  # apt's downloads
             for entry in (rootfs / junk).glob("*"):
                 if entry.is_file():
                     entry.unlink()
@@ -273,21 +273,23 @@ class Engine:
                 self.podman(*args, timeout=120, check=False)
         if self.service is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.service.pid, signal.SIGTERM)
+                os.killpg(self.service.pid, signal.SIGTERM)  # its own session: pgid == pid
             try:
                 self.service.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.service.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.service.pid, signal.SIGKILL)
                 self.service.wait(timeout=15)
         for pid in self._our_processes():  # conmon of exec sessions lingers for minutes
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self.podman("system", "reset", "--force", timeout=120, check=False)
-        for mount in self._our_mounts():
-            run(["umount", "--lazy", mount], timeout=30, check=False)
-        shutil.rmtree(self.base, ignore_errors=True)
-        self.host.restore()
+        with contextlib.suppress(Exception):  # whatever fails here, leftovers() names it
+            for mount in self._our_mounts():
+                run(["umount", "--lazy", mount], timeout=30, check=False)
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.host.restore()
 
     def _our_processes(self) -> list[int]:
         pids = []
@@ -326,6 +328,8 @@ def override(compose_file: Path, image: str, mounts: list[str]) -> str:
 
 
 class Compose:
+    """One docker-compose project: the real file, the local override, private data/results."""
+
     def __init__(self, engine: Engine, workdir: Path, data_dir: Path, results: Path,
                  extra_files: tuple[Path, ...] = ()) -> None:
         self.engine = engine
@@ -336,7 +340,10 @@ class Compose:
         local.write_text(override(ROOT / compose_files.FILES["base"], IMAGE, python_mounts()))
         self.files = [ROOT / compose_files.FILES["base"], *extra_files, local]
         self.services = list(yaml.safe_load(self.files[0].read_text())["services"])
-        self.env = {**engine.env, "ROBUSTFL_DATA": os.path.realpath(data_dir),
+        # Only the file's own variables, and no COMPOSE_* setting of the caller's shell.
+        env = {k: v for k, v in engine.env.items()
+               if not k.startswith(("COMPOSE_", "ROBUSTFL_"))}
+        self.env = {**env, "ROBUSTFL_DATA": os.path.realpath(data_dir),
                     "ROBUSTFL_RESULTS": str(results)}
 
     def __call__(self, *args: str, timeout: float = 120, check: bool = True):
