@@ -15,7 +15,9 @@ from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1  # first poll for replies; then back off (each poll costs the SuperLink CPU)
+POLL_MAX_SECONDS = 2.0
+NODE_POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 15.0
 
 
@@ -40,7 +42,7 @@ def wait_until(
             log(INFO, "Waiting for %s: %s (giving up in %.0f s)", what, describe(),
                 deadline - now)
             next_log = now + LOG_EVERY_SECONDS
-        time.sleep(min(POLL_SECONDS * 5, max(0.0, deadline - now)))
+        time.sleep(min(NODE_POLL_SECONDS, max(0.0, deadline - now)))
 
 
 def exchange(
@@ -60,10 +62,13 @@ def exchange(
     waiting = set(sent)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
+    pause = POLL_SECONDS
     while waiting and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(waiting)):
             replies.append(reply)
             waiting.discard(reply.metadata.reply_to_message_id)
         if waiting:
-            time.sleep(POLL_SECONDS)
+            # Short rounds get their replies fast, long ones cost few polls.
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, POLL_MAX_SECONDS)
     return replies, sent
