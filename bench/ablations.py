@@ -17,13 +17,14 @@ from common.data import augment, to_float
 from common.models import build_model
 from common.training import FastPath, make_optimizer, train
 
+from . import bn_fold
 from .at_measure import measure
 from .fixtures import Options, batch_of, cpu_settings, load_data
 from .result import Result
 from .timing import interleaved, median, paired_ratio
 
 BATCH = 32  # the CPU preset's batch
-STEPS = 4  # steps (batches) per timed call
+STEPS = 2  # steps (batches) per timed call: short calls, many repetitions
 
 
 def _row(what: str, before: str, after: str, seconds: dict[str, list[float]],
@@ -64,7 +65,7 @@ def concatenated_forward(opts: Options, x, y) -> dict:
             loss.backward()
             optimizer.step()
 
-    seconds = interleaved({"before": separate, "after": together}, reps=opts.reps(7, 3))
+    seconds = interleaved({"before": separate, "after": together}, reps=opts.reps(11, 7))
     return _row("one concatenated fwd/bwd (width 8)", "3 forwards of B, 1 backward",
                 "1 forward of 3B", seconds)
 
@@ -143,44 +144,46 @@ def channels_last(opts: Options, x, y, width: int) -> dict:
     seconds = interleaved({
         "before": lambda: [_sgd_step(plain, opt_plain, x, y) for _ in range(steps)],
         "after": lambda: [_sgd_step(cl, opt_cl, x_cl, y) for _ in range(steps)],
-    }, reps=opts.reps(5 if width >= 64 else 7, 3))
+    }, reps=opts.reps(3 if width >= 64 else 11, 7))
     return _row(f"channels_last (width {width}, fwd/bwd/SGD)", "NCHW", "channels_last",
                 seconds, per=steps)
 
 
-def bf16_autocast(opts: Options, images, labels) -> dict:
-    """The whole AT step of train() with bf16 autocast forced on the CPU."""
+def fast_path(opts: Options, images, labels) -> list[dict]:
+    """The whole AT step of train() with FastPath's layouts forced on the CPU (they are off
+    there by default): channels_last, bf16 autocast, both."""
     settings = cpu_settings()
-    torch.manual_seed(0)
-    model = build_model("relu", 8).to(opts.device)
-    optimizer = make_optimizer(model, settings)
-    calls = iter(range(10**9))
-
-    def call(fast):
-        return lambda: train(model, images, labels, settings, seed=next(calls),
-                             optimizer=optimizer, fast=fast)
-
-    seconds = interleaved({"before": call(FastPath()), "after": call(FastPath(autocast=True))},
-                          reps=opts.reps(5, 3))
-    return _row("bf16 autocast on CPU (train() AT step, width 8)", "fp32", "bf16 autocast",
-                seconds)
+    variants = {"before": FastPath(), "channels_last": FastPath(channels_last=True),
+                "bf16 autocast": FastPath(autocast=True),
+                "channels_last + bf16": FastPath(channels_last=True, autocast=True)}
+    calls = {}
+    for name, fast in variants.items():
+        torch.manual_seed(0)
+        model = build_model("relu", 8).to(opts.device)
+        optimizer = make_optimizer(model, settings)
+        calls[name] = (lambda m=model, o=optimizer, f=fast:
+                       train(m, images, labels, settings, seed=0, optimizer=o, fast=f))
+    seconds = interleaved(calls, reps=opts.reps(9, 5))
+    return [_row(f"FastPath {name} on CPU (train() AT step, width 8)", "FastPath() (CPU "
+                 "default)", name, {"before": seconds["before"], "after": seconds[name]})
+            for name in variants if name != "before"]
 
 
 OMP_PROBE = """
-import sys, time, torch
+import pathlib, sys, time, torch
 from bench.fixtures import Options, batch_of, cpu_settings, load_data
 from common.models import build_model
 from common.training import make_optimizer, train
-torch.set_num_threads(int(sys.argv[1]))
+threads, data_dir, steps = int(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
 s = cpu_settings()
-x, y = batch_of(load_data(Options(data_dir=__import__('pathlib').Path(sys.argv[2]))), 4 * 32,
-                torch.device('cpu'))
+x, y = batch_of(load_data(Options(data_dir=data_dir)), steps * s.batch_size, torch.device('cpu'))
 m = build_model('relu', 8); o = make_optimizer(m, s)
 train(m, x, y, s, seed=0, optimizer=o)
 t = time.perf_counter()
-for i in range(3):
+for i in range(2):
     train(m, x, y, s, seed=i, optimizer=o)
-print((time.perf_counter() - t) / 3)
+print((time.perf_counter() - t) / 2)
 """
 
 
@@ -195,7 +198,7 @@ def omp_threads(opts: Options) -> list[dict]:
 
         def run():
             out = subprocess.run([sys.executable, "-c", OMP_PROBE, str(threads),
-                                  str(opts.data_dir)], env=env, capture_output=True,
+                                  str(opts.data_dir), str(STEPS)], env=env, capture_output=True,
                                  text=True, check=True, timeout=600)
             probe.last[(threads, policy)] = float(out.stdout.strip().splitlines()[-1])
         return run
@@ -230,17 +233,25 @@ def run(opts: Options) -> Result:
             foreach_sgd(opts, x, y)]
     for width in (8, 16) if opts.quick else (8, 16, 64):
         rows.append(channels_last(opts, x, y, width))
-    rows.append(bf16_autocast(opts, images[:STEPS * BATCH], labels[:STEPS * BATCH]))
+        if width != 8:  # not the preset's step: a share of its AT step would mislead
+            rows[-1]["saved, % of AT step"] = float("nan")
+    rows += fast_path(opts, images[:STEPS * BATCH], labels[:STEPS * BATCH])
+    rows.append(bn_fold.measure(opts, 8, BATCH))
+    if not opts.quick:
+        rows.append(bn_fold.measure(opts, 16, 128))
+        rows[-1]["saved, % of AT step"] = float("nan")
     if not opts.quick:
         rows += omp_threads(opts)
     step_ms = 1000 * median(measure(opts).seconds["train"]) / measure(opts).steps_per_call
-    for row in rows:
-        row["saved, % of AT step"] = 100 * (row["before ms"] - row["after ms"]) / step_ms
+    for row in rows:  # per AT step: the PGD rows are one attack = one step's PGD
+        row.setdefault("saved, % of AT step",
+                       100 * (row["before ms"] - row["after ms"]) / step_ms)
     return Result(
         name="ablations", title="What each optimisation buys (CPU)", ratio=None,
         meaning=(f"speed-up = before / after (median of per-repetition ratios); ms per step "
-                 f"of batch {BATCH}; the last column relates the saving to one train() AT "
-                 f"step of the CPU preset ({step_ms:.0f} ms). PGD in-place buffers vs fresh "
-                 "tensors: see the attack benchmark."),
+                 f"(per attack in the PGD rows), batch {BATCH} unless stated; the last column "
+                 f"relates the saving to one train() AT step of the CPU preset "
+                 f"({step_ms:.0f} ms). PGD in-place buffers vs fresh tensors: see the attack "
+                 "benchmark."),
         details={"rows": rows, "at_step_ms": step_ms}, table=rows,
         seconds=time.perf_counter() - began)

@@ -23,6 +23,7 @@ class StepTimes:
     settings: TrainSettings
     width: int
     steps_per_call: int
+    threads: int
     seconds: dict[str, list[float]]  # contender -> seconds per call (S steps)
 
 
@@ -66,7 +67,7 @@ def data_path(images, labels, batch: int, steps: int, parts: int, gen: torch.Gen
 @functools.lru_cache(maxsize=4)
 def measure(opts: Options, width: int = 8, batch: int = 32) -> StepTimes:
     settings = cpu_settings(batch_size=batch)
-    steps = 4 if width <= 8 else 2
+    steps = 2  # short calls, many repetitions: each pair of timings shares the machine state
     data = load_data(opts)
     images, labels = batch_of(data, steps * batch, opts.device)
     parts = len(settings.part_weights())
@@ -82,5 +83,5 @@ def measure(opts: Options, width: int = 8, batch: int = 32) -> StepTimes:
         "bare": bare_passes(model, optimizer, x, labels[:batch], settings.steps, parts, steps),
         "data": data_path(images, labels, batch, steps, parts, gen),
     }
-    seconds = interleaved(contenders, reps=opts.reps(11, 5), warmup=1, device=opts.device)
-    return StepTimes(settings, width, steps, seconds)
+    seconds = interleaved(contenders, reps=opts.reps(25, 11), warmup=2, device=opts.device)
+    return StepTimes(settings, width, steps, torch.get_num_threads(), seconds)

@@ -21,9 +21,11 @@ def run(opts: Options) -> Result:
         name="at_step", title="AT step efficiency", ratio=ratio, target=TARGET,
         meaning=(f"bare passes / train() step, width {t.width}, batch {s.batch_size}, "
                  f"PGD-{s.steps} + noise + clean ({3 * s.batch_size} images per update), "
-                 f"{steps} steps per timed call, {len(t.seconds['train'])} interleaved "
+                 f"{t.threads} thread(s), {steps} steps per timed call, "
+                 f"{len(t.seconds['train'])} interleaved "
                  "repetitions, median of per-repetition ratios"),
-        details={"width": t.width, "batch": s.batch_size, "pgd_steps": s.steps,
+        details={"threads": t.threads, "width": t.width, "batch": s.batch_size,
+                 "pgd_steps": s.steps,
                  "steps_per_call": steps, "seconds": t.seconds},
         table=[{"what": "train() step", "ms/step": train_ms,
                 "spread (IQR/median)": spread(t.seconds["train"])},

@@ -34,7 +34,7 @@ def reference_pgd(model, x, y, eps: float, step: float, steps: int) -> torch.Ten
     return x_adv
 
 
-def run(opts: Options, width: int = 8, batch: int = 128, steps: int = 10) -> Result:
+def run(opts: Options, width: int = 8, batch: int = 64, steps: int = 10) -> Result:
     images, labels = batch_of(load_data(opts), batch, opts.device)
     x = to_float(images)
     torch.manual_seed(0)
@@ -43,14 +43,16 @@ def run(opts: Options, width: int = 8, batch: int = 128, steps: int = 10) -> Res
     seconds = interleaved({
         "pgd": lambda: pgd(model, x, labels, EPS, STEP, steps, generator=gen),
         "reference": lambda: reference_pgd(model, x, labels, EPS, STEP, steps),
-    }, reps=opts.reps(11, 5), warmup=1, device=opts.device)
+    }, reps=opts.reps(13, 7), warmup=1, device=opts.device)
     ratio = paired_ratio(seconds["reference"], seconds["pgd"])
     return Result(
         name="attack", title="Attack throughput (PGD vs reference loop)", ratio=ratio,
         target=TARGET,
         meaning=(f"reference loop time / common.attacks.pgd time (= throughput ratio), "
-                 f"width {width}, batch {batch}, PGD-{steps}, eval mode, same model and batch"),
-        details={"width": width, "batch": batch, "steps": steps, "seconds": seconds},
+                 f"width {width}, batch {batch}, PGD-{steps}, eval mode, same model and batch, "
+                 f"{torch.get_num_threads()} thread(s)"),
+        details={"threads": torch.get_num_threads(), "width": width, "batch": batch,
+                 "steps": steps, "seconds": seconds},
         table=[{"what": name, "ms/attack": 1000 * median(v),
                 "images/s": batch / median(v)} for name, v in seconds.items()],
     )

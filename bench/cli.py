@@ -13,6 +13,7 @@ import torch
 from . import ablations, at_step, attack, data_path, federated, flops
 from .fixtures import DEFAULT_DATA, DEFAULT_OUT, Options
 from .result import Result, write
+from .timing import torch_threads
 
 BENCHMARKS = {  # name -> run(opts) -> Result | list[Result]
     "at_step": at_step.run,
@@ -22,6 +23,9 @@ BENCHMARKS = {  # name -> run(opts) -> Result | list[Result]
     "flops": flops.run,
     "federated": federated.run,  # also yields the memory result
 }
+# These use every core: the CPU-hours estimate, and the one-process yardstick of the
+# federation (whose actors share the same cores). The rest run with --threads.
+ALL_CORES = {"flops", "federated"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,15 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                    help="folder holding cifar-10-batches-py/ (default: the shared subset)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads of this process (default: torch's choice, "
-                        "as the apps use; Ray actors always get cpus-per-client threads)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of the single-process benchmarks (default 1, as a "
+                        "client actor with cpus-per-client 1); federated and flops use all "
+                        "cores")
     return p
 
 
 def _environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "cpus": len(_affinity()),
+            "cpus": len(_affinity()),
             "machine": platform.machine(), "load_average": _loadavg()}
 
 
@@ -67,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data_dir / "cifar-10-batches-py").is_dir():
         print(f"no CIFAR-10 at {args.data_dir} (needs cifar-10-batches-py/); pass --data-dir")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    opts = Options(quick=args.quick, data_dir=args.data_dir.resolve(), out=args.out.resolve())
+    opts = Options(quick=args.quick, data_dir=args.data_dir.resolve(), out=args.out.resolve(),
+                   threads=args.threads)
     started = time.perf_counter()
     results: list[Result] = []
     env_before = _environment()
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{env_before['cpus']} CPUs: other work shares this machine", flush=True)
     for name in chosen:
         t0 = time.perf_counter()
-        produced = BENCHMARKS[name](opts)
+        with torch_threads(None if name in ALL_CORES else opts.threads):
+            produced = BENCHMARKS[name](opts)
         for result in produced if isinstance(produced, list) else [produced]:
             result.seconds = result.seconds or time.perf_counter() - t0
             write(result, opts.out)
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# RobustFL benchmarks ({'quick' if opts.quick else 'full'})", "",
              f"Total {total:.0f} s; load average {env_before['load_average']} at start, "
              f"{summary['environment_end']['load_average']} at end; torch "
-             f"{env_before['torch']}, {env_before['threads']} threads.", ""]
+             f"{env_before['torch']}; single-process benchmarks at {opts.threads} thread(s), "
+             f"federated and flops on all {env_before['cpus']} cores.", ""]
     lines += [f"- {r.headline()}" for r in results] + [""]
     lines += [r.to_markdown() for r in results]
     (opts.out / "summary.md").write_text("\n".join(lines))

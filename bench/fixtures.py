@@ -28,6 +28,10 @@ class Options:
     data_dir: Path = DEFAULT_DATA
     out: Path = DEFAULT_OUT
     device: torch.device = torch.device("cpu")
+    # Intra-op threads of the single-process benchmarks: 1 = what a Ray client actor gets
+    # with cpus-per-client 1 (the harness default), and immune to the stalls that spinning
+    # OpenMP threads suffer when other work shares the cores.
+    threads: int = 1
 
     def reps(self, full: int, quick: int) -> int:
         return quick if self.quick else full

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -13,6 +15,18 @@ def sync(device: torch.device) -> None:
     """Wait for queued kernels (CUDA is asynchronous; CPU ops finish before returning)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run with n intra-op threads (None: one per available core), then restore."""
+    before = torch.get_num_threads()
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
