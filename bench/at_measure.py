@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from common.data import augment, to_float
 from common.models import build_model
-from common.training import TrainSettings, make_optimizer, train
+from common.training import FastPath, TrainSettings, make_optimizer, train
 
 from .fixtures import Options, batch_of, cpu_settings, load_data
 from .timing import interleaved
@@ -27,9 +27,11 @@ class StepTimes:
     seconds: dict[str, list[float]]  # contender -> seconds per call (S steps)
 
 
-def bare_passes(model, optimizer, x, y, pgd_steps: int, parts: int, steps: int):
+def bare_passes(model, optimizer, x, y, pgd_steps: int, parts: int, steps: int,
+                fast: FastPath = FastPath()):
     """What an AT step must compute at the least: pgd_steps input-gradient passes at batch B
-    in eval mode, then one fwd/bwd/SGD step on the parts*B concatenated batch."""
+    in eval mode, then one fwd/bwd/SGD step on the parts*B concatenated batch (in the
+    memory layout of x and of the model: the same one train() uses)."""
     x_all = torch.cat([x] * parts)
     y_all = y.repeat(parts)
 
@@ -38,10 +40,13 @@ def bare_passes(model, optimizer, x, y, pgd_steps: int, parts: int, steps: int):
             model.eval()
             for _ in range(pgd_steps):
                 x_in = x.detach().requires_grad_(True)
-                loss = F.cross_entropy(model(x_in), y, reduction="sum")
+                with fast.context(x.device):
+                    loss = F.cross_entropy(model(x_in).float(), y, reduction="sum")
                 torch.autograd.grad(loss, x_in)
             model.train()
-            loss = F.cross_entropy(model(x_all), y_all)
+            with fast.context(x.device):
+                logits = model(x_all).float()
+            loss = F.cross_entropy(logits, y_all)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -73,14 +78,18 @@ def measure(opts: Options, width: int = 8, batch: int = 32) -> StepTimes:
     parts = len(settings.part_weights())
     torch.manual_seed(0)
     model = build_model("relu", width).to(opts.device)
+    fast = FastPath.for_device(opts.device)  # train()'s default, given to the bare passes too
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, settings)
-    x = to_float(images[:batch])
+    x = fast.layout(to_float(images[:batch]))
     calls = iter(range(10**9))
     gen = torch.Generator(device=opts.device).manual_seed(0)
     contenders = {
         "train": lambda: train(model, images, labels, settings, seed=next(calls),
                                optimizer=optimizer),
-        "bare": bare_passes(model, optimizer, x, labels[:batch], settings.steps, parts, steps),
+        "bare": bare_passes(model, optimizer, x, labels[:batch], settings.steps, parts, steps,
+                            fast),
         "data": data_path(images, labels, batch, steps, parts, gen),
     }
     seconds = interleaved(contenders, reps=opts.reps(25, 11), warmup=2, device=opts.device)

@@ -1,7 +1,11 @@
-"""Attack throughput: common.attacks.pgd against a straightforward PGD loop (fresh tensors
-every step, the loss read back with .item() each step) on the same model and batch."""
+"""Attack throughput: common.attacks.pgd as common.evaluation runs it (channels_last model
+and batch) against a straightforward PGD loop (NCHW, fresh tensors every step, the loss read
+back with .item() each step) on the same weights and batch; the same pgd in NCHW is timed
+beside them, so the table separates the layout's gain from the loop's."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +43,20 @@ def run(opts: Options, width: int = 8, batch: int = 64, steps: int = 10) -> Resu
     x = to_float(images)
     torch.manual_seed(0)
     model = build_model("relu", width).to(opts.device)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator(device=opts.device).manual_seed(0)
     seconds = interleaved({
-        "pgd": lambda: pgd(model, x, labels, EPS, STEP, steps, generator=gen),
+        "pgd": lambda: pgd(model_cl, x_cl, labels, EPS, STEP, steps, generator=gen),
+        "pgd, NCHW": lambda: pgd(model, x, labels, EPS, STEP, steps, generator=gen),
         "reference": lambda: reference_pgd(model, x, labels, EPS, STEP, steps),
     }, reps=opts.reps(13, 7), warmup=1, device=opts.device)
     ratio = paired_ratio(seconds["reference"], seconds["pgd"])
     return Result(
         name="attack", title="Attack throughput (PGD vs reference loop)", ratio=ratio,
         target=TARGET,
-        meaning=(f"reference loop time / common.attacks.pgd time (= throughput ratio), "
+        meaning=(f"reference loop time (NCHW) / common.attacks.pgd time in evaluate()'s "
+                 f"channels_last layout (= throughput ratio), "
                  f"width {width}, batch {batch}, PGD-{steps}, eval mode, same model and batch, "
                  f"{torch.get_num_threads()} thread(s)"),
         details={"threads": torch.get_num_threads(), "width": width, "batch": batch,

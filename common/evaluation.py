@@ -124,9 +124,13 @@ def evaluate(
     def add(name: str, value: torch.Tensor) -> None:
         counts[name] = counts.get(name, 0) + value
 
+    # channels_last: the same maths with faster convolutions (see FastPath); the attacks'
+    # element-wise updates keep the layout of x.
+    model.to(memory_format=torch.channels_last)
     with eval_mode(model):
         for first in range(0, images.shape[0], settings.batch_size):
             x = to_float(images[first : first + settings.batch_size])
+            x = x.contiguous(memory_format=torch.channels_last)
             y = labels[first : first + settings.batch_size]
             for suffix, target, randomized in targets:
                 add(f"natural{suffix}_acc", _correct(target, x, y))

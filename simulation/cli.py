@@ -35,8 +35,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    dest="assignments", help="override one run-config key; repeatable")
     p.add_argument("--num-supernodes", type=int, default=None,
                    help="simulated clients (default: 10, or 1 with --centralized)")
-    p.add_argument("--cpus-per-client", type=int, default=1,
-                   help="CPU cores Ray reserves per client (default 1)")
+    p.add_argument("--cpus-per-client", type=int, default=None,
+                   help="CPU cores Ray reserves per client (default 1; all cores for a "
+                        "single client)")
     p.add_argument("--gpus-per-client", type=float, default=None,
                    help="GPU fraction per client (default: 0.25 when CUDA is present, else 0)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
@@ -69,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="grid study only: centralized cells (default: federated)")
     sweep.add_argument("--num-supernodes", type=int, default=10,
                        help="clients of federated cells (default 10)")
-    sweep.add_argument("--cpus-per-client", type=int, default=1)
+    sweep.add_argument("--cpus-per-client", type=int, default=None,
+                       help="CPU cores per client (default 1; all cores for centralized "
+                            "cells)")
     sweep.add_argument("--gpus-per-client", type=float, default=None)
     sweep.add_argument("--attacks", default=HONEST_ATTACKS,
                        help=f"final evaluation attacks on the model (default {HONEST_ATTACKS})")
@@ -106,7 +109,13 @@ def _resources(args, centralized: bool) -> Resources:
     gpus = args.gpus_per_client
     if gpus is None:
         gpus = 0.25 if torch.cuda.is_available() else 0.0
-    return Resources(n, args.cpus_per_client, gpus)
+    return Resources.for_clients(n, _cpus_per_client(args), gpus)
+
+
+def _cpus_per_client(args) -> int | None:
+    if args.cpus_per_client is not None and args.cpus_per_client < 1:
+        raise UsageError(f"--cpus-per-client must be >= 1, got {args.cpus_per_client}")
+    return args.cpus_per_client
 
 
 def cmd_run(args, centralized: bool) -> int:
@@ -149,7 +158,7 @@ def cmd_sweep(args) -> int:
         gpus = 0.25 if torch.cuda.is_available() else 0.0
     print(f"{args.study} study at {args.scale} scale: {len(cells)} cells -> {folder}",
           flush=True)
-    outcomes = run_sweep(args.study, cells, folder, extra, args.cpus_per_client, gpus,
+    outcomes = run_sweep(args.study, cells, folder, extra, _cpus_per_client(args), gpus,
                          args.verbose)
     print("final evaluation of every finished cell ...", flush=True)
     limit = args.final_eval_limit if args.final_eval_limit is not None else \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ class Resources:
     num_supernodes: int
     cpus_per_client: int = 1
     gpus_per_client: float = 0.0
+
+    @classmethod
+    def for_clients(cls, num_supernodes: int, cpus_per_client: int | None = None,
+                    gpus_per_client: float = 0.0) -> Resources:
+        """cpus_per_client None: every core for a single client (the centralized case,
+        which would otherwise train on one thread), else one core per client (several
+        one-thread clients side by side use the cores best: bench/out/federated.md)."""
+        if cpus_per_client is None:
+            cpus_per_client = len(os.sched_getaffinity(0)) if num_supernodes == 1 else 1
+        if cpus_per_client < 1:
+            raise ValueError(f"cpus per client must be >= 1, got {cpus_per_client}")
+        return cls(num_supernodes, cpus_per_client, gpus_per_client)
 
     def federation_config(self) -> dict[str, Any]:
         return {"num-supernodes": self.num_supernodes,

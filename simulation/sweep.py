@@ -55,7 +55,7 @@ def check_same_sweep(folder: Path, description: dict[str, Any]) -> None:
 
 
 def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
-              cpus_per_client: int = 1, gpus_per_client: float = 0.0,
+              cpus_per_client: int | None = None, gpus_per_client: float = 0.0,
               verbose: bool = False) -> list[tuple[Cell, Path, str]]:
     """Run every cell not finished yet; return (cell, run folder, status) per cell."""
     configs = [cell_config(cell, folder, extra) for cell in cells]  # validates all first
@@ -74,7 +74,8 @@ def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
         if state == "resumable":
             print(f"{label} resuming from its checkpoint", flush=True)
             cfg, overrides = cfg.replace(resume=True), {**overrides, "resume": True}
-        resources = Resources(cell.num_supernodes, cpus_per_client, gpus_per_client)
+        resources = Resources.for_clients(cell.num_supernodes, cpus_per_client,
+                                          gpus_per_client)
         outcome = run_experiment(cfg, overrides, resources, verbose=verbose, label=label)
         outcomes.append((cell, run_dir, outcome.status))
         elapsed = time.monotonic() - started

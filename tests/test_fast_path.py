@@ -58,6 +58,14 @@ def test_channels_last_step_matches_the_plain_path(cifar):
     assert _rel(update_cl, update) < 3e-2
 
 
+def test_default_fast_path_is_channels_last_everywhere_and_bf16_only_on_cuda():
+    # channels_last pays on the CPU too (bench/out/ablations.md); bf16 there would change
+    # the numbers of every CPU run, so it stays a CUDA default.
+    assert FastPath.for_device(torch.device("cpu")) == FastPath(channels_last=True)
+    assert FastPath.for_device(torch.device("cuda")) == FastPath(True, True)
+    assert FastPath.for_device(torch.device("cuda"), amp=False) == FastPath(True, False)
+
+
 def test_channels_last_first_epoch_loss_matches(cifar):
     loss, _, _, _ = _step(cifar, FastPath(), n=128)
     loss_cl, _, _, _ = _step(cifar, FastPath(channels_last=True), n=128)
