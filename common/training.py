@@ -99,7 +99,7 @@ class FastPath:
     """Device-specific speed-ups of the training loop (same maths, other kernels).
 
     channels_last memory layout is on by default on every device: on this project's CPU it
-    makes the adversarial-training step 1.29x faster (bench/out/ablations.md), on CUDA it is
+    makes the adversarial-training step 1.30x faster (docs/performance.md), on CUDA it is
     what tensor-core convolutions want. bf16 autocast for the forward passes of training and
     of PGD generation (gradients and the optimizer stay fp32; evaluation attacks never use
     autocast) is on only on CUDA: on CPUs without native bf16 it is slower, and it changes

@@ -178,7 +178,9 @@ def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Pa
 
     robust = [c for c in ("fgsm_noise_acc", "pgd20_acc", "eot_pgd20_noise_acc")
               if c in done.columns]
-    if study == "activation" and "activation" in done.columns:
+    # The activation study, or any grid over activations (a reduced activation study).
+    if "activation" in done.columns and (study == "activation"
+                                         or done["activation"].nunique() > 1):
         schedules = sorted(done["schedule"].dropna().unique())
         fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5),
                                  squeeze=False, sharey=True)

@@ -36,7 +36,7 @@ class Resources:
                     gpus_per_client: float = 0.0) -> Resources:
         """cpus_per_client None: every core for a single client (the centralized case,
         which would otherwise train on one thread), else one core per client (several
-        one-thread clients side by side use the cores best: bench/out/federated.md)."""
+        one-thread clients side by side use the cores best: docs/performance.md)."""
         if cpus_per_client is None:
             cpus_per_client = len(os.sched_getaffinity(0)) if num_supernodes == 1 else 1
         if cpus_per_client < 1:
