@@ -177,10 +177,11 @@ def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Pa
         made.append(path)
 
     robust = [c for c in ("fgsm_noise_acc", "pgd20_acc", "eot_pgd20_noise_acc")
-              if c in done.columns]
+              if c in done.columns] or [c for c in accuracy_columns(done)
+                                        if c.endswith("_acc") and not c.startswith("natural")][:1]
     # The activation study, or any grid over activations (a reduced activation study).
-    if "activation" in done.columns and (study == "activation"
-                                         or done["activation"].nunique() > 1):
+    if robust and "activation" in done.columns and (study == "activation"
+                                                    or done["activation"].nunique() > 1):
         schedules = sorted(done["schedule"].dropna().unique())
         fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5),
                                  squeeze=False, sharey=True)
@@ -198,7 +199,7 @@ def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Pa
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         save(fig, "natural_vs_robust_by_activation.png")
-    if study == "noniid" and "share" in done.columns:
+    if robust and study == "noniid" and "share" in done.columns:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         at = done[done["adversarial"] == True]  # noqa: E712
         for partition, part in at.groupby("partition"):

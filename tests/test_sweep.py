@@ -64,5 +64,7 @@ def test_sweep_resumes_after_an_interruption_and_reports_each_cell_once(data_dir
     rounds = pd.read_csv(out / "cells" / CELLS[0] / "rounds.csv")
     assert rounds["round"].tolist() == [1]  # the finished cell was not run again
     assert (out / "report" / "accuracy_per_round.png").stat().st_size > 10_000
+    # a grid over activations draws the activation study's figure
+    assert (out / "report" / "natural_vs_robust_by_activation.png").stat().st_size > 10_000
     tables = (out / "report" / "tables.md").read_text()
     assert "| cell |" in tables and "overstates" in tables
