@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -36,6 +35,7 @@ import yaml
 from deploy import compose as compose_files
 
 from .conftest import ROOT
+from .processes import wait_for
 
 CONF = ROOT / "deploy" / "podman"
 IMAGE = "localhost/robustfl-base:test"
@@ -70,12 +70,7 @@ def run(argv: list[str], timeout: float, env: dict | None = None, check: bool = 
 
 
 def wait(ready, timeout: float, what: str, details=lambda: "", interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                                 f"{details()}")
-        time.sleep(interval)
+    wait_for(ready, timeout, what, details, interval)  # container commands are slower to poll
 
 
 # --- the host's Python, mounted into the containers -------------------------------------------

@@ -20,6 +20,7 @@ from simulation.engine import free_port
 from simulation.procs import alive, cmdline, descendants, stop_tree
 
 from .conftest import ROOT
+from .processes import wait_for
 
 CONNECTION = "test"
 BIN = Path(sys.executable).parent
@@ -200,11 +201,4 @@ class Deployment:
                   lambda: f"{info}\n{self.run_log(run_id)[-4000:]}", interval=0.5)
         return info
 
-    @staticmethod
-    def wait(ready, timeout: float, what: str, details=lambda: "", interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                                     f"{details()}")
-            time.sleep(interval)
+    wait = staticmethod(wait_for)

@@ -1,4 +1,5 @@
-"""Find and stop the processes a test started, by a marker in their environment."""
+"""Find and stop the processes a test started, by a marker in their environment; wait for a
+condition, bounded."""
 
 from __future__ import annotations
 
@@ -40,3 +41,13 @@ def kill_all(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def wait_for(ready, timeout: float, what: str, details=lambda: "", interval: float = 0.5) -> None:
+    """Poll `ready()` every `interval` s; after `timeout` s fail with `what` and `details()`."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
+                                 f"{details()}")
+        time.sleep(interval)
