@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
+    if not (args.data_dir / "cifar-10-batches-py").is_dir():
+        p.error(f"no CIFAR-10 at {args.data_dir} (needs cifar-10-batches-py/); pass --data-dir")
 
     torch.manual_seed(args.seed)
     data = load_cifar10(args.data_dir)
