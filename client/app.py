@@ -12,13 +12,14 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import protocol
 from common.config import ExperimentConfig
 from common.evaluation import EvalSettings, evaluate as evaluate_model, parse_attacks
 from common.models import build_model
+from common.packing import Layout, pack, unpack
 from common.training import train as train_model
 
 from . import faults, local_data
@@ -32,6 +33,14 @@ LOCAL_EVAL_ATTACKS = "fgsm"  # local evaluation stays cheap; the server runs the
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _global_model(msg: Message, cfg: ExperimentConfig) -> torch.nn.Module:
+    """The server's model, unpacked from its one-vector-per-dtype form (common.packing)."""
+    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+    packed = {dtype: a.numpy() for dtype, a in msg.content[protocol.ARRAYS].items()}
+    model.load_state_dict(unpack(packed, Layout.of(model.state_dict())))
+    return model
 
 
 def _setup(context: Context) -> tuple[ExperimentConfig, NodeSettings]:
@@ -88,9 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     fault = faults.for_partition(cfg, node.partition_id, server_round)
     fault.before_training()
     dev = device()
-    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
-    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-    model.to(dev)
+    model = _global_model(msg, cfg).to(dev)
     trainable = torch.compile(model) if cfg.train.compile else model
     started = time.perf_counter()
     stats = train_model(trainable, images.to(dev), labels.to(dev), settings,
@@ -106,7 +113,8 @@ def train(msg: Message, context: Context) -> Message:
         **stats.as_metrics(),
     }
     reply = RecordDict({
-        protocol.ARRAYS: ArrayRecord(fault.corrupt(state)),
+        protocol.ARRAYS: ArrayRecord({dtype: Array(v)
+                                      for dtype, v in pack(fault.corrupt(state)).items()}),
         protocol.METRICS: MetricRecord({k: metrics[k] for k in protocol.TRAIN_METRIC_KEYS}),
     })
     return Message(reply, reply_to=msg)
@@ -117,9 +125,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Natural and FGSM accuracy of the global model on this node's own test split."""
     cfg, node = _setup(context)
     dev = device()
-    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
-    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-    model.to(dev)
+    model = _global_model(msg, cfg).to(dev)
     images, labels = local_data.local_test_split(cfg, node)
     settings = EvalSettings(parse_attacks(LOCAL_EVAL_ATTACKS), eps=cfg.eval.eps,
                             step=cfg.eval.step, batch_size=cfg.eval.batch_size)

@@ -11,12 +11,13 @@ import traceback
 from logging import ERROR, INFO
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.data import load_cifar10
 from common.models import build_model
+from common.packing import Layout
 from common.partition import split_for
 
 from .central import CentralEvaluator
@@ -39,7 +40,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         data = load_cifar10(cfg.data.dir, download=cfg.data.download)
         plan = split_for(cfg, data.train_y.numpy(), num_partitions=1)  # G only
-        strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+        strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan,
+                                 Layout.of(model.state_dict()))
         log(INFO, "Aggregation: %s; shared pool G: %d images, %d per client share",
             type(strategy).__name__, plan.shared.size,
             int(round(cfg.fl.shared_share * plan.shared.size)))
@@ -48,14 +52,12 @@ def main(grid: Grid, context: Context) -> None:
             start_round, state = resume.next_round, resume.state_dict
             log(INFO, "Resuming at round %d from %s", start_round, store.checkpoint_path)
         else:
-            torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
             start_round, state = 1, model.state_dict()
         store.set_status("running", start_round - 1)
         arrays = run_rounds(grid, cfg, store, strategy, evaluator, start_round,
-                            ArrayRecord(state))
+                            strategy.to_arrays(state))
         if store.status().get("status") == "running":
-            store.save_final(arrays.to_torch_state_dict())
+            store.save_final(strategy.to_state(arrays))
             store.set_status("finished", cfg.fl.num_rounds)
             log(INFO, "Run finished: results in %s", store.root)
     except BaseException as exc:

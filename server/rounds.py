@@ -10,7 +10,6 @@ import math
 import time
 from logging import INFO, WARNING
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -91,17 +90,12 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
         }
         if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
             store.set_status("running", rnd - 1, phase=f"round {rnd}: evaluating")
-            row.update(evaluator(arrays.to_torch_state_dict(), rnd))
+            row.update(evaluator(strategy.to_state(arrays), rnd))
         row["round_seconds"] = time.perf_counter() - t0
-        state = arrays.to_torch_state_dict()
-        store.save_checkpoint(cfg, rnd, state)
+        store.save_checkpoint(cfg, rnd, strategy.to_state(arrays))
         store.record_round(row, client_rows)
         store.set_status("running", rnd)
         log(INFO, _progress_line(cfg, rnd, row, time.perf_counter() - started,
                                  rnd - start_round + 1))
     return arrays
 
-
-def arrays_finite(arrays: ArrayRecord) -> bool:
-    return all(np.isfinite(a.numpy()).all() for a in arrays.values()
-               if np.dtype(a.dtype).kind == "f")
