@@ -34,8 +34,11 @@ def test_sweep_resumes_after_an_interruption_and_reports_each_cell_once(data_dir
     env = {**os.environ, "ROBUSTFL_TEST_MARKER": marker}
     first = out / "cells" / CELLS[0] / "status.json"
     try:
+        # A suite started in the background inherits an ignored SIGINT, and Python then
+        # installs no KeyboardInterrupt handler: give the harness Ctrl-C's default back.
         proc = subprocess.Popen(sweep_command(data_dir, out), cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 300
         while not (first.exists() and '"finished"' in first.read_text()):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
