@@ -88,11 +88,12 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
             "lr_start": lr_start, "lr_end": lr_end,
             "train_seconds": t_train,
         }
+        state = strategy.to_state(arrays)
         if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
             store.set_status("running", rnd - 1, phase=f"round {rnd}: evaluating")
-            row.update(evaluator(strategy.to_state(arrays), rnd))
+            row.update(evaluator(state, rnd))
         row["round_seconds"] = time.perf_counter() - t0
-        store.save_checkpoint(cfg, rnd, strategy.to_state(arrays))
+        store.save_checkpoint(cfg, rnd, state)
         store.record_round(row, client_rows)
         store.set_status("running", rnd)
         log(INFO, _progress_line(cfg, rnd, row, time.perf_counter() - started,
