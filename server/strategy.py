@@ -6,9 +6,9 @@ Krum, themselves FedAvg subclasses) with the SharedPool behaviour mixed in:
   sampled without the unbounded wait of Flower's sampler;
 - each train message carries the round's settings and, the first time a node is seen or
   whenever the node no longer holds it, the node's alpha-share of G as uint8 arrays;
-- the model travels packed, one vector per dtype (common.packing): ~250 fewer SuperLink
+- the model travels packed, one vector per dtype (common.packing): ~200 fewer SuperLink
   requests per message;
-- replies with non-finite values, wrong shapes, wrong dtypes or wrong keys are rejected
+- replies with non-finite values, wrong shapes or wrong dtypes are rejected
   before aggregation; failures are attributed to their node; every outcome becomes a row
   of clients.csv.
 """
