@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from common import protocol
 from common.config import ExperimentConfig
+from common.device import training_device
 from common.evaluation import EvalSettings, evaluate as evaluate_model, parse_attacks
 from common.models import build_model
 from common.packing import Layout, pack, unpack
@@ -32,7 +33,7 @@ LOCAL_EVAL_ATTACKS = "fgsm"  # local evaluation stays cheap; the server runs the
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return training_device()
 
 
 def _global_model(msg: Message, cfg: ExperimentConfig) -> torch.nn.Module:
@@ -106,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
              server_round, stats.num_examples, stats.loss, time.perf_counter() - started)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {
-        "num-examples": stats.num_examples,
+        "num-examples": fault.reported_examples(stats.num_examples),
         "partition-id": node.partition_id,
         "shared-examples": int(share_x.shape[0]),
         "share-received": int(share_received),

@@ -14,6 +14,7 @@ import torch
 from common.config import ExperimentConfig, parse_int_list
 
 MAX_DELAY = 3600.0  # a delay beyond an hour is a typo, not an experiment
+INFLATE_FACTOR = 1000  # "inflate-examples": claims this many times the examples it trained on
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,13 @@ class Fault:
         if self.mode == "delay":
             time.sleep(min(self.delay, MAX_DELAY))
 
+    def reported_examples(self, num_examples: int) -> int:
+        """The num-examples this client reports: a liar claims more, to weigh more in FedAvg."""
+        return num_examples * INFLATE_FACTOR if self.mode == "inflate-examples" else num_examples
+
     def corrupt(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The update this client sends instead of its honest one."""
-        if self.mode in ("none", "delay"):
+        if self.mode in ("none", "delay", "inflate-examples"):
             return state
         state = dict(state)
         name = next(k for k, v in state.items() if v.is_floating_point())

@@ -32,8 +32,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 class GaussianNoise(nn.Module):
     """Test-time noise defence: x -> model(clip(x + sigma * N(0, I), 0, 1)).
 
-    The noise is drawn inside forward, so an attacker's gradient goes through a random
-    input, which is what the paper's protocol measures. It stays random in eval mode.
+    The noise is drawn afresh in every forward pass (the `fresh` noise protocol): the
+    attacker's gradients and the classifier see independent draws. It stays random in eval
+    mode.
     """
 
     def __init__(self, model: nn.Module, sigma: float) -> None:
@@ -45,6 +46,33 @@ class GaussianNoise(nn.Module):
         if self.sigma > 0:
             x = (x + self.sigma * torch.randn_like(x)).clamp_(0.0, 1.0)
         return self.model(x)
+
+
+class FixedNoise(nn.Module):
+    """Test-time noise drawn once per image (the `fixed` noise protocol): x -> model(clip(x +
+    n_i, 0, 1)), where n_i ~ sigma * N(0, I) belongs to clean image i of `anchors`, so the
+    attacker and the classifier see the same draw. A whole batch keeps its order (the draws
+    follow it position by position); a part of it, as AutoAttack passes the images it still
+    attacks, takes the draws of the nearest anchors (an attack stays in a small ball around
+    its clean image; exact duplicates share the first one's draw there).
+    """
+
+    def __init__(self, model: nn.Module, sigma: float, anchors: torch.Tensor,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.sigma = float(sigma)
+        self.anchors = anchors.detach().flatten(1)
+        self.noise = self.sigma * torch.randn(anchors.shape, generator=generator,
+                                              device=anchors.device, dtype=anchors.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.anchors.shape[0]:
+            noise = self.noise
+        else:
+            with torch.no_grad():
+                noise = self.noise[torch.cdist(x.detach().flatten(1), self.anchors).argmin(1)]
+        return self.model((x + noise).clamp(0.0, 1.0))
 
 
 def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -161,8 +189,9 @@ def deepfool(
 ) -> torch.Tensor:
     """DeepFool (Moosavi-Dezfooli et al. 2016): a minimal L2 perturbation that flips the label.
 
-    Returns the perturbed images, clipped to [0, 1]. Examples that are already misclassified
-    keep a zero perturbation. Iterates until every example is fooled or `steps` is reached.
+    Returns the perturbed images, clipped to [0, 1]. It needs no true label: every example is
+    pushed across the boundary of the label the model gives it, and stops moving once that
+    label flips. Iterates until every example is flipped or `steps` is reached.
     """
     x = x.detach()
     with eval_mode(model):

@@ -47,6 +47,52 @@ def positive(v) -> str | None:
     return None if v > 0 else "a number > 0"
 
 
+def all_of(*checks: Check) -> Check:
+    def check(v):
+        return next((allowed for c in checks if (allowed := c(v))), None)
+
+    return check
+
+
+def at_most(hi: float, why: str) -> Check:
+    return lambda v: None if v <= hi else f"a number <= {hi:,} ({why})"
+
+
+def between(lo: float, hi: float, why: str | Callable[[], str]) -> Check:
+    """lo <= v <= hi, where the upper bound keeps a run finite and within memory; `why` says
+    what lies beyond it (a callable when the reason is computed)."""
+    def check(v):
+        if lo <= v <= hi:
+            return None
+        reason = why() if callable(why) else why
+        return f"a number >= {lo} and <= {hi:,} ({reason})"
+
+    return check
+
+
+def _width_reason() -> str:
+    from .footprint import GIB, training  # torch and a probe model: only when refusing
+
+    need = training(ExperimentConfig().replace(**{"model.width": MAX_WIDTH,
+                                                  "train.batch-size": 128})).total
+    return (f"4x the standard ResNet-18's 64 channels; at width {MAX_WIDTH} a ResNet-18 "
+            f"already needs about {need / GIB:.0f} GiB to train at batch size 128")
+
+
+MAX_WIDTH = 256
+MAX_STEPS = 10_000
+MAX_ROUNDS = 100_000
+MAX_BATCH = 65_536
+MAX_NODES = 10_000
+MAX_SECONDS = 7 * 24 * 3600.0
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+STEPS_WHY = (f"PGD with {MAX_STEPS:,} steps already costs 1,000x the paper's PGD-10 per "
+             "batch; every step is a forward and backward pass")
+BATCH_WHY = (f"a batch never holds more than CIFAR-10's {CIFAR_TRAIN:,} training images, "
+             "and its activations must fit the device")
+SECONDS_WHY = "a week, the harness's default --timeout; longer waits hide a hung run"
+
+
 def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"one of: {', '.join(choices)}"
 
@@ -111,17 +157,19 @@ class DataConfig:
                    identity=False, default="")
     download: bool = key(None, "fetch CIFAR-10 with torchvision if missing (needs internet)",
                          identity=False, default=False)
-    train_limit: int = key(at_least(0), "class-balanced training subset size; 0 = all",
-                           default=0)
-    eval_limit: int = key(at_least(0), "central evaluation subset size; 0 = whole test set",
-                          default=500)
+    train_limit: int = key(between(0, CIFAR_TRAIN, f"CIFAR-10 has {CIFAR_TRAIN:,} training "
+                                   "images; 0 = all of them"),
+                           "class-balanced training subset size; 0 = all", default=0)
+    eval_limit: int = key(between(0, CIFAR_TEST, f"CIFAR-10 has {CIFAR_TEST:,} test images; "
+                                  "0 = all of them"),
+                          "central evaluation subset size; 0 = whole test set", default=500)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     activation: str = key(one_of(*activations.NAMES), "activation function", default="relu")
-    width: int = key(at_least(1), "channels of the first stage (64 = standard ResNet-18)",
-                     default=8)
+    width: int = key(between(1, MAX_WIDTH, _width_reason),
+                     "channels of the first stage (64 = standard ResNet-18)", default=8)
     variant: str = key(one_of(*VARIANTS), "standard or no-downsample", default="standard")
 
 
@@ -129,9 +177,11 @@ class ModelConfig:
 class TrainConfig:
     lr: float = key(positive, "base learning rate", default=0.05)
     schedule: str = key(one_of(*schedules.NAMES), "learning-rate schedule", default="fixed")
-    local_epochs: int = key(at_least(1), "epochs per round on each client", default=2)
-    batch_size: int = key(at_least(1), "images per step (before adding PGD/noise copies)",
-                          default=32)
+    local_epochs: int = key(between(1, 1000, "1,000 local epochs are 5x the paper's whole "
+                                    "200-epoch training, in every round"),
+                            "epochs per round on each client", default=2)
+    batch_size: int = key(between(1, MAX_BATCH, BATCH_WHY),
+                          "images per step (before adding PGD/noise copies)", default=32)
     momentum: float = key(in_range(0.0, 1.0, hi_open=True), "SGD momentum", default=0.9)
     weight_decay: float = key(at_least(0.0), "SGD weight decay", default=2e-4)
     label_smoothing: float = key(in_range(0.0, 1.0, hi_open=True),
@@ -147,80 +197,118 @@ class TrainConfig:
                     default=True)
     compile: bool = key(None, "torch.compile the model", identity=False, default=False)
 
+    def loss_parts(self) -> tuple[str, ...]:
+        """The copies every training batch holds, as common.training builds them: clean when
+        its weight is > 0, PGD when adversarial and its weight is > 0, noise when noise-std
+        and its weight are > 0 (TrainSettings.part_weights; tests keep the two in step)."""
+        present = {"clean": self.weight_clean > 0,
+                   "adv": self.adversarial and self.weight_adv > 0,
+                   "noise": self.noise_std > 0 and self.weight_noise > 0}
+        return tuple(part for part, used in present.items() if used)
+
 
 @dataclass(frozen=True)
 class AttackConfig:
     eps: float = key(in_range(0.0, 1.0), "training PGD L-inf budget in [0,1] pixels",
                      default=EPS_8)
     step: float = key(positive, "training PGD step size", default=2.5 * EPS_8 / 3)
-    steps: int = key(at_least(1), "training PGD iterations", default=3)
+    steps: int = key(between(1, MAX_STEPS, STEPS_WHY), "training PGD iterations", default=3)
     random_start: bool = key(None, "start PGD at a random point of the eps-ball", default=True)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     attacks: str = key(attack_list, "comma-separated attacks, e.g. fgsm,pgd20,pgd50x5,"
-                       "eot-pgd20,cw20,deepfool", default="fgsm,pgd10")
+                       "eot-pgd20,cw20,aa,apgd-ce,apgd-t,square,deepfool", default="fgsm,pgd10")
     noise_std: float = key(at_least(0.0), "test-time noise sigma; >0 adds noisy columns",
                            default=0.05)
+    noise_protocol: str = key(one_of("fresh", "fixed"), "test-time noise: a fresh draw in "
+                              "every forward pass, or one fixed draw per image that attacker "
+                              "and classifier share", default="fresh")
+    noise_draws: int = key(between(1, 1000, "each draw is one more forward pass of every "
+                                   "clean and adversarial batch; 10-100 decide a vote"),
+                           "noise draws whose majority vote classifies through fresh noise",
+                           default=10)
+    square_queries: int = key(between(1, 100_000, "20x AutoAttack's 5,000; each query is a "
+                                      "forward pass of the images still robust"),
+                              "queries of Square, alone and inside aa (5000 = AutoAttack's "
+                              "standard version)", default=5000)
     eps: float = key(in_range(0.0, 1.0), "evaluation L-inf budget", default=EPS_8)
     step: float = key(positive, "evaluation PGD step size", default=2 / 255)
-    eot_samples: int = key(at_least(1), "noise draws per EOT-PGD step", default=10)
+    eot_samples: int = key(between(1, 1000, "each EOT-PGD step runs one forward and "
+                                   "backward pass per draw; evaluations use 10-100"),
+                           "noise draws per EOT-PGD step", default=10)
     deepfool_l2: float = key(positive, "L2 bound for DeepFool accuracy", default=0.5)
-    batch_size: int = key(at_least(1), "evaluation batch size", identity=False, default=250)
-    every: int = key(at_least(1), "central evaluation every N rounds (last always)",
-                     default=1)
+    batch_size: int = key(between(1, MAX_BATCH, f"more than CIFAR-10's {CIFAR_TEST:,} test "
+                                  "images, and an attack batch's activations must fit the "
+                                  "device"),
+                          "evaluation batch size", identity=False, default=250)
+    every: int = key(between(1, MAX_ROUNDS, "fl.num-rounds is at most "
+                             f"{MAX_ROUNDS:,}, and the last round is always evaluated"),
+                     "central evaluation every N rounds (last always)", default=1)
 
 
 @dataclass(frozen=True)
 class FLConfig:
-    num_rounds: int = key(at_least(1), "federated rounds (centralized: epochs / local-epochs)",
-                          default=3)
+    num_rounds: int = key(between(1, MAX_ROUNDS, f"{MAX_ROUNDS:,} rounds are 500x the paper's "
+                                  "200; every round writes results and a checkpoint"),
+                          "federated rounds (centralized: epochs / local-epochs)", default=3)
     partition: str = key(one_of("iid", "classes", "dirichlet"), "client data partition",
                          default="iid")
     classes_per_client: int = key(in_range(1, 10), "k for the k-classes scheme", default=2)
     dirichlet_alpha: float = key(positive, "concentration of the Dirichlet scheme",
                                  default=0.5)
-    min_partition_size: int = key(at_least(0), "Dirichlet: resample until every client has "
+    min_partition_size: int = key(between(0, CIFAR_TRAIN, f"no client can hold more than "
+                                          f"CIFAR-10's {CIFAR_TRAIN:,} training images"),
+                                  "Dirichlet: resample until every client has "
                                   "this many images", default=10)
     shared_pool: float = key(in_range(0.0, 1.0, hi_open=True),
-                             "beta: size of the shared pool G as a fraction of training data",
-                             default=0.1)
-    shared_share: float = key(in_range(0.0, 1.0),
-                              "alpha: fraction of G each client receives", default=0.0)
-    min_nodes: int = key(at_least(1), "nodes needed before a round starts", default=2)
+                             "beta: size of the shared pool G as a fraction of training data, "
+                             "held back from the clients (0 = no pool)", default=0.0)
+    shared_share: float = key(in_range(0.0, 1.0), "alpha: fraction of G each client "
+                              "receives (> 0 needs fl.shared-pool > 0)", default=0.0)
+    min_nodes: int = key(between(1, MAX_NODES, f"{MAX_NODES:,} clients would hold 5 of "
+                                 f"CIFAR-10's {CIFAR_TRAIN:,} training images each"),
+                         "nodes needed before a round starts", default=2)
     fraction_train: float = key(in_range(0.0, 1.0), "fraction of nodes sampled per round",
                                 default=1.0)
     fraction_evaluate: float = key(in_range(0.0, 1.0), "fraction of nodes running local "
                                    "evaluation per round (0 = none)", default=0.0)
-    node_wait: float = key(at_least(0.0), "seconds to wait for min-nodes before giving up",
+    node_wait: float = key(between(0.0, MAX_SECONDS, SECONDS_WHY),
+                           "seconds to wait for min-nodes before giving up",
                            identity=False, default=300.0)
-    round_timeout: float = key(positive, "seconds to wait for the replies of one round",
+    hello_timeout: float = key(positive, "seconds to wait for new nodes to answer the hello "
+                               "(they load and check their data first)", identity=False,
+                               default=120.0)
+    round_timeout: float = key(all_of(positive, at_most(MAX_SECONDS, SECONDS_WHY)),
+                               "seconds to wait for the replies of one round",
                                identity=False, default=3600.0)
     aggregation: str = key(one_of("fedavg", "fedmedian", "fedtrimmedavg", "krum"),
                            "how client updates are combined", default="fedavg")
     trim_fraction: float = key(in_range(0.0, 0.5, hi_open=True),
                                "FedTrimmedAvg: fraction cut at each end", default=0.2)
-    krum_byzantine: int = key(at_least(0), "Krum: number of malicious nodes tolerated",
-                              default=1)
+    krum_byzantine: int = key(between(0, MAX_NODES, f"fl.min-nodes is at most {MAX_NODES:,}"),
+                              "Krum: number of malicious nodes tolerated", default=1)
 
 
 @dataclass(frozen=True)
 class FaultConfig:
     """Fault injection, to test robust aggregation and failure handling."""
 
-    mode: str = key(one_of("none", "nan", "wrong-shape", "wrong-dtype", "sign-flip", "delay"),
+    mode: str = key(one_of("none", "nan", "wrong-shape", "wrong-dtype", "sign-flip", "delay",
+                           "inflate-examples"),
                     "what the partitions in fault.partitions do", default="none")
     partitions: str = key(int_list, "partition ids that misbehave, e.g. \"1,3\"", default="")
     rounds: str = key(int_list, "rounds in which they misbehave (empty = every round)",
                       default="")
-    delay: float = key(at_least(0.0), "seconds a 'delay' client sleeps before training",
-                       default=0.0)
+    delay: float = key(between(0.0, MAX_SECONDS, SECONDS_WHY),
+                       "seconds a 'delay' client sleeps before training", default=0.0)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    seed: int = key(at_least(0), "seed of every random draw", default=0)
+    seed: int = key(between(0, 2**32 - 1, "the seed range numpy and torch both accept"),
+                    "seed of every random draw", default=0)
     resume: bool = key(None, "continue the run in <out.dir>/<run-name> from its checkpoint",
                        identity=False, default=False)
     resume_from: str = key(absolute_path_or_empty, "checkpoint file or run folder to resume",
@@ -267,11 +355,22 @@ class ExperimentConfig:
 
     def _check_across_keys(self) -> None:
         t = self.train
-        if t.weight_clean + (t.weight_adv if t.adversarial else 0) + t.weight_noise == 0:
+        if not t.loss_parts():
             raise ConfigError(
-                "invalid run config: train.weight-clean, train.weight-adv and "
-                "train.weight-noise are all 0 (or adversarial=false with the others 0); "
-                "at least one loss term needs a positive weight"
+                f"invalid run config: no loss term is left (train.weight-clean="
+                f"{t.weight_clean}, train.adversarial={str(t.adversarial).lower()}, "
+                f"train.weight-adv={t.weight_adv}, train.noise-std={t.noise_std}, "
+                f"train.weight-noise={t.weight_noise}): the clean term needs "
+                "train.weight-clean > 0, the PGD term train.adversarial=true and "
+                "train.weight-adv > 0, the noise term train.noise-std > 0 and "
+                "train.weight-noise > 0; enable one of them"
+            )
+        if self.fl.shared_share > 0 and self.fl.shared_pool == 0:
+            raise ConfigError(
+                f"invalid run config: fl.shared-share={self.fl.shared_share} shares a part of "
+                "the shared pool G, but fl.shared-pool=0 makes no pool; set fl.shared-pool "
+                "> 0 (e.g. 0.1: 10% of the training data, held back from the clients) or "
+                "fl.shared-share=0"
             )
         if self.resume and self.resume_from:
             raise ConfigError("invalid run config: set either resume=true or resume-from, "

@@ -77,14 +77,41 @@ def shared_pool(labels: np.ndarray, candidates: np.ndarray, beta: float, seed: i
 
 
 def class_assignment(num_partitions: int, k: int, seed: int) -> list[np.ndarray]:
-    """Which k classes each partition holds: sliding windows over a seeded class order.
+    """Which k classes each partition holds: windows of k neighbours on a seeded class ring.
 
-    Windows advance by max(1, C // n), so that n*k >= C covers every class (with n = 10 and
-    k = 2, partition i holds classes order[i] and order[i+1]).
+    Partition i's window starts at floor(i * C / n), so the n starts spread evenly over the
+    ring: every class lies in floor or ceil of n*k/C windows, none is left out when n*k >= C,
+    and a window of k <= C neighbours holds k distinct classes. (With n = 10 and k = 2,
+    partition i holds classes order[i] and order[i+1]: a ring.)
     """
+    check_classes_cover(num_partitions, k)
     order = _rng(seed, _TAG_CLASSES).permutation(NUM_CLASSES)
-    stride = max(1, NUM_CLASSES // num_partitions)
-    return [order[(i * stride + np.arange(k)) % NUM_CLASSES] for i in range(num_partitions)]
+    return [order[((i * NUM_CLASSES) // num_partitions + np.arange(k)) % NUM_CLASSES]
+            for i in range(num_partitions)]
+
+
+def check_classes_cover(num_partitions: int, k: int) -> None:
+    """Refuse a k-classes split whose partitions together hold fewer than all classes: the
+    images of the classes nobody holds would silently drop out of training."""
+    if not 1 <= k <= NUM_CLASSES:
+        raise PartitionError(f"fl.classes-per-client must lie in 1..{NUM_CLASSES}, got {k}")
+    if num_partitions * k < NUM_CLASSES:
+        need_k = -(-NUM_CLASSES // num_partitions)
+        need_n = -(-NUM_CLASSES // k)
+        raise PartitionError(
+            f"fl.partition=classes with fl.classes-per-client={k} and {num_partitions} "
+            f"partitions (clients) holds at most {num_partitions * k} of the {NUM_CLASSES} "
+            f"classes, so the images of the others would never be trained on; raise "
+            f"fl.classes-per-client to at least {min(need_k, NUM_CLASSES)} or use at least "
+            f"{need_n} partitions (--num-supernodes, or num-partitions in the node config)"
+        )
+
+
+def check_split(cfg, num_partitions: int) -> None:
+    """What can be checked about a config's split before any data is loaded (the harness
+    calls this before Flower starts; the nodes hit the same checks in make_plan)."""
+    if cfg.fl.partition == "classes":
+        check_classes_cover(num_partitions, cfg.fl.classes_per_client)
 
 
 def _split_iid(pool: np.ndarray, n: int, rng) -> list[np.ndarray]:
@@ -95,9 +122,7 @@ def _split_classes(pool, labels, n, k, seed, rng) -> list[np.ndarray]:
     assignment = class_assignment(n, k, seed)
     holders = {c: [i for i in range(n) if c in assignment[i]] for c in range(NUM_CLASSES)}
     parts: list[list[np.ndarray]] = [[] for _ in range(n)]
-    for c in range(NUM_CLASSES):
-        if not holders[c]:
-            continue  # nobody holds this class (n * k < number of classes)
+    for c in range(NUM_CLASSES):  # class_assignment gave every class at least one holder
         members = rng.permutation(pool[labels[pool] == c])
         for holder, chunk in zip(holders[c], np.array_split(members, len(holders[c]))):
             parts[holder].append(chunk)
@@ -175,6 +200,13 @@ def make_plan(
             pool, labels, num_partitions, dirichlet_alpha, min_partition_size, rng
         )
     return DataPlan(shared=shared, partitions=tuple(np.sort(p) for p in parts))
+
+
+def shared_plan(cfg, labels: np.ndarray) -> DataPlan:
+    """The server's part of a config's DataPlan: G (for the shares), no client partitions."""
+    available = available_indices(labels, cfg.data.train_limit, cfg.seed)
+    return DataPlan(shared=shared_pool(labels, available, cfg.fl.shared_pool, cfg.seed),
+                    partitions=())
 
 
 def split_for(cfg, labels: np.ndarray, num_partitions: int) -> DataPlan:

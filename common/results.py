@@ -25,6 +25,9 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; results get the mode of any new file (shared folders,
+        # containers with another uid read them).
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -35,6 +38,21 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it; elsewhere set and
+    restored at once (os.umask is the only portable way to read it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

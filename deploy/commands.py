@@ -1,4 +1,4 @@
-"""The SuperLink, SuperNode and flwr command lines of a RobustFL deployment (Flower 1.41).
+"""The SuperLink, SuperNode and flwr command lines of a RobustFL deployment (Flower 1.42).
 
 docs/deploy.md shows exactly these command lines, the docker-compose files use the same flags,
 and the deployment tests start their processes with them; tests/test_deploy_docs.py checks

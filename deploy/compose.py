@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 from deploy import commands
@@ -33,6 +35,17 @@ DATA, RESULTS, CERTS = "/data", "/results", "/certs"
 CONNECTION = "local"  # the flwr CLI connection the flwr-cli service writes
 CERTS_HOST = "${ROBUSTFL_CERTS:-./certs}"
 TLS = commands.Tls(Path(CERTS))
+
+
+def flwr_version() -> str:
+    """The exact flwr version pyproject.toml pins: the one the tests run and the image holds
+    (the Dockerfile installs it; the image tag names it)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        pinned = re.fullmatch(r"flwr(\[[^]]*\])?==([0-9][0-9a-z.]*)", dep.replace(" ", ""))
+        if pinned:
+            return pinned.group(2)
+    raise ValueError("pyproject.toml must pin flwr exactly, e.g. flwr[simulation]==1.42.0")
 
 
 def supernode(i: int) -> str:
@@ -119,13 +132,14 @@ def _header(nodes: int, what: str) -> str:
 
 def render_base(nodes: int) -> str:
     data_ro = f"${{ROBUSTFL_DATA:-./data}}:{DATA}:ro"
+    flwr = flwr_version()
     out = _header(nodes, f"RobustFL on one machine: a SuperLink, a ServerApp executor and "
                          f"{nodes} SuperNodes,\n# each with its ClientApp executor.")
     out += f"""
 x-robustfl: &robustfl
-  # One image for every service: Python 3.11, flwr 1.41.0 and the project's dependencies
+  # One image for every service: Python 3.11, flwr {flwr} and the project's dependencies
   # (Dockerfile). The app code itself arrives with each `flwr run` (a FAB).
-  image: ${{ROBUSTFL_IMAGE:-robustfl:flwr-1.41.0}}
+  image: ${{ROBUSTFL_IMAGE:-robustfl:flwr-{flwr}}}
   build: .
   environment: &robustfl-env
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION: "1"  # dependencies are in the image
@@ -219,11 +233,11 @@ def render_gpu(nodes: int) -> str:
                          "drivers: ROBUSTFL_TORCH_INDEX=\n# "
                          "https://download.pytorch.org/whl/cu126). Needs the NVIDIA Container "
                          "Toolkit on the host.")
-    gpu = """    image: ${ROBUSTFL_GPU_IMAGE:-robustfl:flwr-1.41.0-cuda}
+    gpu = f"""    image: ${{ROBUSTFL_GPU_IMAGE:-robustfl:flwr-{flwr_version()}-cuda}}
     build:
       context: .
       args:
-        TORCH_INDEX: ${ROBUSTFL_TORCH_INDEX:-https://pypi.org/simple}
+        TORCH_INDEX: ${{ROBUSTFL_TORCH_INDEX:-https://pypi.org/simple}}
     deploy:
       resources:
         reservations:

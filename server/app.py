@@ -8,7 +8,7 @@ central evaluation subset come from the server's own copy of CIFAR-10.
 from __future__ import annotations
 
 import traceback
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 import torch
 from flwr.app import Context
@@ -16,12 +16,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.data import load_cifar10
+from common.device import server_device
+from common.footprint import check_fits
 from common.models import build_model
 from common.packing import Layout
-from common.partition import split_for
+from common.partition import shared_plan
 
 from .central import CentralEvaluator
-from .rounds import run_rounds
+from .rounds import RunStopped, run_rounds
 from .store import RunStore, check_config
 from .strategy import make_strategy
 
@@ -29,17 +31,18 @@ app = ServerApp()
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return server_device()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = check_config(dict(context.run_config))
+    check_fits(cfg)  # before the run folder is touched
     store, resume = RunStore.open(cfg)
     log(INFO, "RobustFL run %s -> %s", cfg.run_name(), store.root)
     try:
         data = load_cifar10(cfg.data.dir, download=cfg.data.download)
-        plan = split_for(cfg, data.train_y.numpy(), num_partitions=1)  # G only
+        plan = shared_plan(cfg, data.train_y.numpy())
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
         strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan,
@@ -50,16 +53,25 @@ def main(grid: Grid, context: Context) -> None:
         evaluator = CentralEvaluator(cfg, data, device())
         if resume:
             start_round, state = resume.next_round, resume.state_dict
-            log(INFO, "Resuming at round %d from %s", start_round, store.checkpoint_path)
+            if start_round > cfg.fl.num_rounds:
+                log(INFO, "All %d rounds are in %s; finishing the run", cfg.fl.num_rounds,
+                    store.checkpoint_path)
+            else:
+                log(INFO, "Resuming at round %d from %s", start_round, store.checkpoint_path)
         else:
             start_round, state = 1, model.state_dict()
         store.set_status("running", start_round - 1)
         arrays = run_rounds(grid, cfg, store, strategy, evaluator, start_round,
                             strategy.to_arrays(state))
-        if store.status().get("status") == "running":
-            store.save_final(strategy.to_state(arrays))
-            store.set_status("finished", cfg.fl.num_rounds)
-            log(INFO, "Run finished: results in %s", store.root)
+        store.save_final(strategy.to_state(arrays))
+        store.set_status("finished", cfg.fl.num_rounds)
+        log(INFO, "Run finished: results in %s", store.root)
+    except RunStopped as exc:
+        # status.json already says "stopped" with the reason; raising makes Flower list
+        # the run as failed rather than completed.
+        log(WARNING, "Run stopped: %s. Results so far are in %s; continue it with "
+            "resume=true", exc, store.root)
+        raise
     except BaseException as exc:
         store.set_status("failed", _last_round(store), f"{type(exc).__name__}: {exc}")
         log(ERROR, "Run failed: %s\n%s", exc, traceback.format_exc())

@@ -9,7 +9,7 @@ import torch
 from common import protocol
 from common.config import ExperimentConfig
 from common.data import Cifar10
-from common.evaluation import EvalSettings, columns, evaluate, parse_attacks
+from common.evaluation import EvalSettings, columns, evaluate
 from common.models import build_model
 from common.partition import eval_indices
 
@@ -19,11 +19,7 @@ class CentralEvaluator:
         idx = torch.from_numpy(eval_indices(data.test_y.numpy(), cfg.data.eval_limit, cfg.seed))
         self.images = data.test_x[idx].to(device)
         self.labels = data.test_y[idx].to(device)
-        self.settings = EvalSettings(
-            attacks=parse_attacks(cfg.eval.attacks), eps=cfg.eval.eps, step=cfg.eval.step,
-            noise_std=cfg.eval.noise_std, eot_samples=cfg.eval.eot_samples,
-            deepfool_l2=cfg.eval.deepfool_l2, batch_size=cfg.eval.batch_size,
-        )
+        self.settings = EvalSettings.from_config(cfg.eval)
         self.cfg = cfg
         self.model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
         self.model.to(device)

@@ -14,15 +14,21 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from common import protocol
+from common import progress_lines, protocol
 from common.config import ExperimentConfig
 
 from .central import CentralEvaluator
-from .messaging import exchange
+from .messaging import RoundReporter, exchange
 from .store import RunStore
 from .strategy import NotEnoughNodes, SharedPool
 
 LOSS_KEYS = ("train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc")
+
+
+class RunStopped(RuntimeError):
+    """The run ended early on purpose (status.json says "stopped", with this message as the
+    reason, and every result is kept). Raised out of the ServerApp so that Flower marks the
+    run failed instead of completed."""
 
 
 def _weighted(rows: list[dict], key: str) -> float:
@@ -39,16 +45,21 @@ def _progress_line(cfg: ExperimentConfig, rnd: int, row: dict, elapsed: float,
                       if k.endswith("_acc") and k != "train_acc" and not math.isnan(v))
     remaining = cfg.fl.num_rounds - rnd
     eta = elapsed / max(rounds_done, 1) * remaining
-    return (f"[round {rnd}/{cfg.fl.num_rounds}] {accs or 'no evaluation this round'} | "
-            f"{row['clients_ok']} ok, {row['clients_failed']} failed, "
-            f"{row['clients_rejected']} rejected | {row['round_seconds']:.0f} s, "
-            f"eta {eta / 60:.1f} min")
+    return progress_lines.round_end(
+        rnd, cfg.fl.num_rounds,
+        f"{accs or 'no evaluation this round'} | "
+        f"{row['clients_ok']} ok, {row['clients_failed']} failed, "
+        f"{row['clients_rejected']} rejected | {row['round_seconds']:.0f} s, "
+        f"eta {eta / 60:.1f} min")
 
 
 def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: SharedPool,
                evaluator: CentralEvaluator, start_round: int, arrays: ArrayRecord) -> ArrayRecord:
-    """Run rounds start_round..num_rounds; stops cleanly (status "stopped") when nodes are
-    missing for longer than fl.node-wait. Returns the final global arrays."""
+    """Run rounds start_round..num_rounds (none when start_round > num_rounds: a resumed run
+    that only needs finishing) and return the final global arrays. When nodes are missing
+    for longer than fl.node-wait: status "stopped", then RunStopped."""
+    if start_round > cfg.fl.num_rounds:
+        recover_last_row(cfg, store, strategy, evaluator, arrays)
     started = time.perf_counter()
     for rnd in range(start_round, cfg.fl.num_rounds + 1):
         t0 = time.perf_counter()
@@ -57,9 +68,11 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
         except NotEnoughNodes as exc:
             log(WARNING, "Stopping the run before round %d: %s", rnd, exc)
             store.set_status("stopped", rnd - 1, str(exc))
-            return arrays
+            raise RunStopped(str(exc)) from None
         store.set_status("running", rnd - 1, phase=f"round {rnd}: training")
-        replies, _ = exchange(grid, messages, timeout=cfg.fl.round_timeout)
+        replies, _ = exchange(grid, messages, timeout=cfg.fl.round_timeout,
+                              reporter=RoundReporter(rnd, cfg.fl.num_rounds,
+                                                     cfg.train.local_epochs))
         new_arrays, _ = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
@@ -91,12 +104,27 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
         state = strategy.to_state(arrays)
         if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
             store.set_status("running", rnd - 1, phase=f"round {rnd}: evaluating")
+            log(INFO, progress_lines.round_evaluating(
+                rnd, cfg.fl.num_rounds, f"central evaluation ({cfg.eval.attacks})"))
             row.update(evaluator(state, rnd))
         row["round_seconds"] = time.perf_counter() - t0
-        store.save_checkpoint(cfg, rnd, state)
-        store.record_round(row, client_rows)
+        store.finish_round(cfg, row, client_rows, state)
         store.set_status("running", rnd)
         log(INFO, _progress_line(cfg, rnd, row, time.perf_counter() - started,
                                  rnd - start_round + 1))
     return arrays
 
+
+def recover_last_row(cfg: ExperimentConfig, store: RunStore, strategy: SharedPool,
+                     evaluator: CentralEvaluator, arrays: ArrayRecord) -> None:
+    """The last round's row, if a kill lost it (runs of versions that wrote the checkpoint
+    before the rows): its central evaluation again, from the checkpoint. Its training
+    columns stay empty; they were only ever in the lost round's memory."""
+    rnd = cfg.fl.num_rounds
+    if store.has_round(rnd):
+        return
+    log(INFO, "Round %d has a checkpoint but no row: evaluating it again", rnd)
+    lr_start, lr_end = protocol.round_lr_range(cfg, rnd)
+    row = {"round": rnd, **evaluator(strategy.to_state(arrays), rnd),
+           "lr_start": lr_start, "lr_end": lr_end}
+    store.record_round(row, [])

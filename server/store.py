@@ -5,7 +5,8 @@
   rounds.csv     one row per round: accuracies under every attack, losses, timings, counts
   clients.csv    one row per client per round: status (ok/failed/rejected/timeout), reason,
                  examples, losses, whether the shared-pool share was sent
-  checkpoint.pt  the global model after the last finished round (+ round, config identity)
+  checkpoint.pt  the global model after the last finished round (+ round, config identity),
+                 written after that round's rows: a checkpoint implies its rows
   final.pt       the final global model, written when the run finishes
   status.json    running / finished / stopped / failed, last round, reason
 Every file is replaced atomically, so a crash leaves the previous complete version.
@@ -36,7 +37,7 @@ class RunStoreError(ValueError):
 
 @dataclass(frozen=True)
 class ResumePoint:
-    next_round: int
+    next_round: int  # num_rounds + 1: every round is done, only the final files are missing
     state_dict: dict[str, torch.Tensor]
 
 
@@ -142,17 +143,35 @@ class RunStore:
                 "Resume with the run config it was written with, or start a new run."
             )
         done = int(ckpt["round"])
-        if done >= cfg.fl.num_rounds:
-            raise RunStoreError(f"the run in {self.root} already finished all "
-                                f"{cfg.fl.num_rounds} rounds; nothing to resume")
-        return ResumePoint(next_round=done + 1, state_dict=ckpt["model"])
+        if done >= cfg.fl.num_rounds and self.finished():
+            raise RunStoreError(
+                f"the run in {self.root} already finished all {cfg.fl.num_rounds} rounds "
+                f"(status finished, {self.final_path.name} written); nothing to resume. Start "
+                "a new run with another out.run-name, or evaluate this one with `python -m "
+                "simulation evaluate`"
+            )
+        # A run killed after its last checkpoint but before final.pt resumes with no round
+        # left to train: it only writes what finishing writes.
+        return ResumePoint(next_round=min(done, cfg.fl.num_rounds) + 1,
+                           state_dict=ckpt["model"])
 
     # --- writing ---------------------------------------------------------------------------
 
+    def finish_round(self, cfg: ExperimentConfig, row: dict[str, Any],
+                     client_rows: list[dict[str, Any]],
+                     state_dict: dict[str, torch.Tensor]) -> None:
+        """A round's rows, then its checkpoint: a kill between the two repeats the round on
+        resume (which replaces its rows); the other order would lose the rows for good."""
+        self.record_round(row, client_rows)
+        self.save_checkpoint(cfg, int(row["round"]), state_dict)
+
     def record_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+        """Add a round's rows, replacing every earlier row of that round: a repeated round
+        (after a resume) must not keep rows of its first attempt, whose node ids differ."""
         results.upsert_rows(self.rounds_csv, [row], keys=["round"])
         if client_rows:
-            results.upsert_rows(self.clients_csv, client_rows, keys=["round", "node_id"])
+            ordered = sorted(client_rows, key=lambda r: r.get("partition_id", -1))
+            results.upsert_rows(self.clients_csv, ordered, keys=["round"])
 
     def save_checkpoint(self, cfg: ExperimentConfig, server_round: int,
                         state_dict: dict[str, torch.Tensor]) -> None:
@@ -177,6 +196,15 @@ class RunStore:
         if not self.status_path.exists():
             return {}
         return json.loads(self.status_path.read_text())
+
+    def finished(self) -> bool:
+        """Truly finished: status finished and the final model written. A run killed
+        between its last checkpoint and these two is not; resuming it completes it."""
+        return self.status().get("status") == "finished" and self.final_path.is_file()
+
+    def has_round(self, server_round: int) -> bool:
+        rounds = results.read_csv(self.rounds_csv)
+        return not rounds.empty and server_round in set(rounds["round"])
 
 
 def check_config(flat: dict[str, Any]) -> ExperimentConfig:

@@ -8,9 +8,11 @@ Krum, themselves FedAvg subclasses) with the SharedPool behaviour mixed in:
   whenever the node no longer holds it, the node's alpha-share of G as uint8 arrays;
 - the model travels packed, one vector per dtype (common.packing): ~200 fewer SuperLink
   requests per message;
-- replies with non-finite values, wrong shapes or wrong dtypes are rejected
-  before aggregation; failures are attributed to their node; every outcome becomes a row
-  of clients.csv.
+- clients are sampled by partition id, not node id (node ids are new in every run), so a
+  resumed or repeated run trains the same clients;
+- replies with non-finite values, wrong shapes or wrong dtypes, or that claim more examples
+  than the node holds, are rejected before aggregation; failures are attributed to their
+  node; every outcome becomes a row of clients.csv.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ from common.partition import DataPlan
 
 from .messaging import connected_nodes, exchange, wait_until
 
-HELLO_TIMEOUT = 120.0
-
 
 class NotEnoughNodes(RuntimeError):
     """Fewer than fl.min-nodes usable nodes were connected within fl.node-wait seconds."""
@@ -45,7 +45,7 @@ class NotEnoughNodes(RuntimeError):
 class NodeInfo:
     partition_id: int
     num_partitions: int
-    num_examples: int
+    num_examples: int  # its partition, as announced at hello (without its share of G)
     share_hash: str = ""  # the share this node is known to hold ("" = none yet)
 
 
@@ -94,7 +94,7 @@ class SharedPool:
         """Ask new nodes who they are; refuse those whose node config or data is broken."""
         messages = [Message(RecordDict({protocol.CONFIG: ConfigRecord({})}),
                             dst_node_id=n, message_type=protocol.HELLO) for n in node_ids]
-        replies, sent = exchange(grid, messages, timeout=HELLO_TIMEOUT)
+        replies, sent = exchange(grid, messages, timeout=self.cfg.fl.hello_timeout)
         for reply in replies:
             node = sent.get(reply.metadata.reply_to_message_id)
             if node is None:
@@ -155,10 +155,18 @@ class SharedPool:
             )
         return usable
 
-    def _sample(self, nodes: list[int], fraction: float, server_round: int, tag: int):
-        size = max(int(len(nodes) * fraction), min(self.cfg.fl.min_nodes, len(nodes)))
-        rng = random.Random(f"{self.cfg.seed}-{server_round}-{tag}")  # same draw every run
-        return sorted(rng.sample(nodes, size))
+    def _sample(self, nodes: list[int], fraction: float, server_round: int,
+                tag: int) -> list[int]:
+        """The nodes of the partitions drawn for this round (see sample_partitions)."""
+        node_of = {self.nodes[n].partition_id: n for n in nodes}
+        drawn = sample_partitions(list(node_of), fraction, self.cfg.fl.min_nodes,
+                                  self.cfg.seed, server_round, tag)
+        return sorted(node_of[p] for p in drawn)
+
+    def max_examples(self, node: int) -> int:
+        """The most examples `node` can train on: its partition plus its share of G."""
+        info = self.nodes[node]
+        return info.num_examples + len(self.share_for(info.partition_id).y)
 
     # --- training --------------------------------------------------------------------------
 
@@ -212,16 +220,22 @@ class SharedPool:
                 continue
             if info:
                 info.share_hash = self.share_for(info.partition_id).hash
-            problem = check_reply(reply.content, reference, self.layout)
+            problem = check_reply(reply.content, reference, self.layout,
+                                  self.max_examples(node) if info else None)
             metrics = _first_metrics(reply.content)
             row.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
+            if info and not problem and int(metrics["partition-id"]) != info.partition_id:
+                problem = (f"the reply claims partition {int(metrics['partition-id'])}, but "
+                           f"the node announced partition {info.partition_id} at hello")
+            # The partition the node announced at hello, not what its reply claims.
+            row["partition_id"] = info.partition_id if info else -1
             if problem:
                 self.client_rows.append({**row, "status": "rejected", "reason": problem})
                 log(WARNING, "Round %d: rejected the update of node %d: %s", server_round,
                     node, problem)
                 continue
             self.client_rows.append({**row, "status": "ok", "reason": ""})
-            valid.append((int(metrics["partition-id"]), reply))
+            valid.append((row["partition_id"], reply))
         for message in self._sent:
             node = message.metadata.dst_node_id
             if node not in answered:
@@ -258,6 +272,16 @@ class SharedPool:
                         ttl=self.cfg.fl.round_timeout + 60) for n in nodes]
 
 
+def sample_partitions(partitions: list[int], fraction: float, min_nodes: int, seed: int,
+                      server_round: int, tag: int) -> list[int]:
+    """The partitions that take part in a round, drawn over partition ids: node ids are
+    new in every run, partition ids are not, so a resumed or repeated run draws the same
+    clients. The same draw for the same seed, round, tag and available partitions."""
+    size = max(int(len(partitions) * fraction), min(min_nodes, len(partitions)))
+    rng = random.Random(f"{seed}-{server_round}-{tag}")
+    return sorted(rng.sample(sorted(partitions), size))
+
+
 def packed_record(state: dict[str, Any]) -> ArrayRecord:
     """A state dict as the ArrayRecord that travels: one Array per dtype."""
     return ArrayRecord({dtype: Array(v) for dtype, v in pack(state).items()})
@@ -268,9 +292,12 @@ def _first_metrics(content: RecordDict) -> MetricRecord | None:
     return records[0] if records else None
 
 
-def check_reply(content: RecordDict, reference: ArrayRecord, layout: Layout) -> str | None:
+def check_reply(content: RecordDict, reference: ArrayRecord, layout: Layout,
+                max_examples: int | None = None) -> str | None:
     """Why a train reply cannot be aggregated, or None if it can. Arrays are the packed
-    vectors of common.packing, one per dtype; `layout` names the tensor at fault."""
+    vectors of common.packing, one per dtype; `layout` names the tensor at fault.
+    `max_examples`: what the node holds (partition + share); FedAvg weights by the claimed
+    count, so one client that claims more would dominate the average."""
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
         return "expected exactly one ArrayRecord and one MetricRecord"
     metrics = _first_metrics(content)
@@ -295,6 +322,10 @@ def check_reply(content: RecordDict, reference: ArrayRecord, layout: Layout) -> 
             return f"{where} contains non-finite values (NaN or inf)"
     if not np.isfinite(float(metrics["num-examples"])) or metrics["num-examples"] <= 0:
         return f"num-examples = {metrics['num-examples']} is not a positive count"
+    if max_examples is not None and metrics["num-examples"] > max_examples:
+        return (f"num-examples = {metrics['num-examples']} exceeds the {max_examples} "
+                "examples this node holds (its partition announced at hello plus its share "
+                "of G)")
     return None
 
 

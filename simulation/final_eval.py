@@ -1,8 +1,9 @@
 """Evaluate a finished run's final model with the honest attack suite, after training.
 
 Training-time evaluation uses cheap attacks; the report needs strong ones (PGD-50 with
-restarts, EOT-PGD through the noise, C&W, DeepFool) and several test-time noise levels. This
-runs them once per run and noise level and caches the rows in <run>/final_eval.csv.
+restarts, EOT-PGD through the noise, C&W, DeepFool; AutoAttack on request) and several
+test-time noise levels. This runs them once per run and noise level and caches the rows in
+<run>/final_eval.csv, each with the noise protocol and the other settings it was computed with.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from common import protocol, results
 from common.config import ExperimentConfig
 from common.data import load_cifar10
-from common.evaluation import EvalSettings, evaluate, parse_attacks
+from common.evaluation import NOISE_PROTOCOLS, EvalSettings, evaluate, parse_attacks
 from common.models import build_model
 from common.partition import eval_indices
 
@@ -37,24 +38,35 @@ def load_run_config(run: Path) -> ExperimentConfig:
 
 def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATTACKS,
                  eval_limit: int | None = None, data_dir: str | None = None,
-                 noise_attacks: str = HONEST_NOISE_ATTACKS) -> pd.DataFrame:
+                 noise_attacks: str = HONEST_NOISE_ATTACKS,
+                 noise_protocol: str | None = None) -> pd.DataFrame:
     """Rows (one per noise level) of accuracies of <run>/final.pt; cached per level.
 
     Noise level 0 is attacked with `attacks`, every other level with `noise_attacks`
-    through the noise-injected model.
+    through the noise-injected model, under `noise_protocol` (default: the run's
+    eval.noise-protocol). Each row names the settings it was computed with; a cached row
+    is reused only when all of them match.
     """
     cfg = load_run_config(run)
     cache = run / "final_eval.csv"
     done = results.read_csv(cache)
     limit = cfg.data.eval_limit if eval_limit is None else eval_limit
-    def spec(sigma: float) -> str:
-        return attacks if sigma == 0 else noise_attacks
+    protocol_name = noise_protocol or cfg.eval.noise_protocol
+    if protocol_name not in NOISE_PROTOCOLS:
+        raise ValueError(f"noise protocol {protocol_name!r}: write one of "
+                         f"{', '.join(NOISE_PROTOCOLS)}")
+
+    def spec(sigma: float) -> dict:
+        """The settings that define a row: its cache key."""
+        return {"noise_std": sigma, "attacks": attacks if sigma == 0 else noise_attacks,
+                "eval_limit": limit,
+                "noise_protocol": "none" if sigma == 0 else protocol_name,
+                "noise_draws": cfg.eval.noise_draws, "square_queries": cfg.eval.square_queries}
 
     def cached(sigma: float):
-        if done.empty:
-            return pd.Series(False, index=[])
-        return (done["noise_std"] == sigma) & (done["attacks"] == spec(sigma)) \
-            & (done["eval_limit"] == limit)
+        if done.empty or not set(spec(sigma)) <= set(done.columns):
+            return pd.Series(False, index=done.index)  # rows from before a key existed
+        return pd.concat([done[k] == v for k, v in spec(sigma).items()], axis=1).all(axis=1)
 
     wanted = [s for s in noise_levels if not cached(s).any()]
     if wanted:
@@ -69,16 +81,17 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
         rows = []
         for sigma in wanted:
             started = time.perf_counter()
-            settings = EvalSettings(parse_attacks(spec(sigma)), eps=cfg.eval.eps,
-                                    step=cfg.eval.step, noise_std=sigma,
-                                    eot_samples=cfg.eval.eot_samples,
-                                    deepfool_l2=cfg.eval.deepfool_l2,
-                                    batch_size=cfg.eval.batch_size,
-                                    plain=sigma == 0)  # the sigma = 0 row holds those
+            settings = EvalSettings.from_config(
+                cfg.eval, attacks=parse_attacks(spec(sigma)["attacks"]), noise_std=sigma,
+                noise_protocol=protocol_name,
+                plain=sigma == 0)  # the sigma = 0 row holds those
             acc = evaluate(model, images, labels, settings,
                            seed=protocol.eval_seed(cfg.seed, FINAL_ROUND_TAG))
-            rows.append({"noise_std": sigma, "attacks": spec(sigma), "eval_limit": limit, **acc,
-                         "seconds": time.perf_counter() - started})
-        done = results.upsert_rows(cache, rows, keys=["noise_std", "attacks", "eval_limit"])
+            rows.append({**spec(sigma), **acc, "seconds": time.perf_counter() - started})
+        keys = list(spec(0.0))
+        if not done.empty and not set(keys) <= set(done.columns):
+            # Rows from before a key existed stay, never matched: their convention was older.
+            pass
+        done = results.upsert_rows(cache, rows, keys=keys)
     keep = pd.concat([cached(s) for s in noise_levels], axis=1).any(axis=1)
     return done[keep].reset_index(drop=True)

@@ -35,9 +35,10 @@ def accuracy_columns(table: pd.DataFrame) -> list[str]:
 
 
 def strong_attack_columns(table: pd.DataFrame) -> list[str]:
-    # DeepFool measures an L2 distance, a different threat model: it does not compete.
+    # DeepFool measures an L2 distance, a different threat model: it does not compete. The
+    # worst case is the union of the attacks, not one of them.
     return [c for c in accuracy_columns(table) if c.endswith("_acc")
-            and not c.startswith(("natural", "deepfool", "fgsm"))]
+            and not c.startswith(("natural", "deepfool", "fgsm", "worst"))]
 
 
 def _final_round(run: Path) -> dict[str, Any]:
@@ -70,6 +71,8 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
             levels = sorted({0.0, cfg.eval.noise_std, *noise_levels})
             final = evaluate_run(run, levels, attacks, eval_limit,
                                  noise_attacks=noise_attacks)
+            noisy = final[final["noise_std"] > 0]
+            row["noise_protocol"] = ",".join(sorted(set(noisy["noise_protocol"]))) or "none"
             for _, r in final.iterrows():
                 sigma = r["noise_std"]
                 for k, v in r.items():
@@ -90,6 +93,20 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
         table["strongest_attack"] = table[strong].idxmin(axis=1)
         table["protocol_overstatement"] = table[PROTOCOL] - table["strongest"]
     return table, (pd.concat(per_round, ignore_index=True) if per_round else pd.DataFrame())
+
+
+def noise_protocol_line(table: pd.DataFrame) -> str:
+    """The test-time noise protocol(s) of the report's noise columns, in words."""
+    names = sorted({p for v in table.get("noise_protocol", pd.Series(dtype=str)).dropna()
+                    for p in str(v).split(",") if p != "none"})
+    if not names:
+        return "Noise protocol: no noise columns."
+    words = {"fresh": "`fresh` (a new noise draw in every forward pass; the attacker's "
+                      "gradients and the classifier see independent draws, and the noisy "
+                      "model classifies by the majority vote over eval.noise-draws draws)",
+             "fixed": "`fixed` (one noise draw per image that the attacker and the classifier "
+                      "both see)"}
+    return "Noise protocol: " + "; ".join(words.get(n, f"`{n}`") for n in names) + "."
 
 
 def markdown_table(frame: pd.DataFrame, percent: tuple[str, ...] = ()) -> str:
@@ -267,12 +284,19 @@ def write_report(study: str, outcomes: list[tuple[Cell, Path, str]], folder: Pat
         (f"{eval_limit}" if eval_limit else "all")
     lines = [f"# {study} study: {folder.name}", "",
              "Accuracies in %, final models, on a fixed class-balanced test subset (size: "
-             f"{limit}). `fgsm_noise_acc` is the paper's protocol (FGSM through test-time "
-             "noise); `pgd50x5` = PGD-50 with 5 restarts, `eot_pgd20_noise` = PGD-20 with the "
-             "gradient averaged over noise draws, `cw20` = PGD-20 on the C&W margin; "
-             "`deepfool_acc` = accuracy under an L2 bound, with the median L2 norm beside it; "
+             f"{limit}). An example counts as robust only if it is classified correctly both "
+             "clean and under the attack (RobustBench's convention). `fgsm_noise_acc` is the "
+             "paper's protocol (FGSM through test-time noise); `pgd50x5` = PGD-50 with 5 "
+             "restarts, `eot_pgd20_noise` = PGD-20 with the gradient averaged over noise "
+             "draws, `cw20` = PGD-20 on the C&W margin, `aa` = AutoAttack (standard; its rand "
+             "version through fresh noise); `worst_acc` = robust under every L-inf attack of "
+             "the row at once (per-example worst case); `deepfool_acc` = an upper bound on "
+             "the accuracy under an L2 bound (DeepFool's perturbations are not minimal), "
+             "`deepfool_median_l2` = the median L2 norm DeepFool needed over the correctly "
+             "classified images (inf when it flipped fewer than half of them); "
              "`protocol_overstatement` = protocol minus the strongest attack. Plain-model "
-             f"attacks: `{attacks}`; through the noise: `{noise_attacks}`.", ""]
+             f"attacks: `{attacks}`; through the noise: `{noise_attacks}`.", "",
+             noise_protocol_line(table), ""]
     for title, frame in study_tables(study, table):
         lines += [f"## {title}", "", markdown_table(frame), ""]
     lines += ["## Where the paper's protocol overstates robustness", "",

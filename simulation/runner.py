@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -13,9 +14,12 @@ import pandas as pd
 
 from common.config import ExperimentConfig
 from common.data import load_cifar10
+from common.footprint import check_fits
+from common.partition import check_split
 from server.store import RunStore
 
 from .engine import run_app, simulation_link
+from .procs import stop_reason
 from .progress import RoundProgress
 
 # Lines of the Flower stream worth showing besides the progress bar, minus known chatter.
@@ -23,6 +27,24 @@ NOTEWORTHY = re.compile(r"WARNING|ERROR|Traceback|Exception|failed|refused|Stopp
 CHATTER = re.compile(r"default simulated SuperNodes changed|fraction_evaluate is set to 0|"
                      r"Manually terminating ClientAppActor|FutureWarning|warnings.warn")
 DEFAULT_TIMEOUT = 7 * 24 * 3600.0
+# A stopped run raises so that Flower lists it as failed (server.rounds.RunStopped); Flower's
+# report of that exception repeats what status.json and the line "Run stopped: ..." say.
+RUN_STOPPED = re.compile(r"Run stopped: ")
+STOP_ECHO = re.compile(r"raised an exception|^Traceback|Exit Code|RunStopped")
+
+
+class Noteworthy:
+    """Which Flower lines the harness shows besides the progress bar."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self, line: str) -> bool:
+        if RUN_STOPPED.search(line):
+            self.stopped = True
+        elif self.stopped and STOP_ECHO.search(line):
+            return False
+        return bool(NOTEWORTHY.search(line)) and not CHATTER.search(line)
 
 
 @dataclass(frozen=True)
@@ -72,34 +94,55 @@ def write_overrides(overrides: dict[str, Any], folder: Path) -> Path:
     return path
 
 
-def preflight(cfg: ExperimentConfig) -> RunStore:
-    """Everything that can be checked before Flower starts: output folder, resume point
-    and the data (a clear error now instead of a traceback in a Ray actor later)."""
+def preflight(cfg: ExperimentConfig, resources: Resources) -> RunStore:
+    """Everything that can be checked before Flower starts: the split, the memory, output
+    folder, resume point and the data (a clear error now, not a traceback in a Ray actor)."""
+    check_split(cfg, resources.num_supernodes)
+    check_fits(cfg, resources.gpus_per_client)
     store, _ = RunStore.locate(cfg)
     load_cifar10(cfg.data.dir, download=cfg.data.download)
     return store
 
 
+def record_stop(store: RunStore, reason: str) -> None:
+    """After an interruption, once every process is stopped: the ServerApp died mid-round
+    (it may have written "failed"), and the run can continue from its checkpoint."""
+    status = store.status()
+    if status.get("status") != "finished":
+        store.set_status("stopped", int(status.get("last_round", 0)), reason)
+
+
 def run_experiment(cfg: ExperimentConfig, overrides: dict[str, Any], resources: Resources,
                    verbose: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                   label: str = "run") -> RunOutcome:
-    store = preflight(cfg)
+                   label: str = "run", ray_address: str | None = None) -> RunOutcome:
+    """ray_address: the Ray cluster whose nodes run the clients (engine.flower_env); the
+    ServerApp, and so every result file, stays on this machine."""
+    store = preflight(cfg, resources)
     progress = RoundProgress(label)
+    noteworthy = Noteworthy()
     log_path = store.root / "simulation.log"
 
-    with tempfile.TemporaryDirectory(prefix="robustfl-run-") as tmp, \
-            log_path.open("a") as log_file, simulation_link(Path(tmp)) as link:
-        overrides_file = write_overrides(overrides, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="robustfl-run-") as tmp, \
+                log_path.open("a") as log_file, \
+                simulation_link(store.root, resources.gpus_per_client, ray_address) as link:
+            overrides_file = write_overrides(overrides, Path(tmp))
 
-        def on_line(line: str) -> None:
-            log_file.write(line + "\n")
-            log_file.flush()
-            if progress.feed(line):
-                return
-            if verbose or (NOTEWORTHY.search(line) and not CHATTER.search(line)):
-                progress.note(line)
+            def on_line(line: str) -> None:
+                log_file.write(line + "\n")
+                log_file.flush()
+                if progress.feed(line):
+                    return
+                if verbose or noteworthy(line):
+                    progress.note(line)
 
-        code = run_app(link, overrides_file, resources.federation_config(), on_line, timeout)
+            code = run_app(link, overrides_file, resources.federation_config(), on_line,
+                           timeout)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (procs.Stopped)
+        record_stop(store, stop_reason(exc))  # first: the terminal may be gone (SIGHUP)
+        with contextlib.suppress(OSError):
+            progress.close()
+        raise
     progress.close()
     status = store.status()
     rounds = pd.read_csv(store.rounds_csv) if store.rounds_csv.exists() else pd.DataFrame()

@@ -22,6 +22,7 @@ STUDIES = ("activation", "noniid", "noise", "grid")
 VARYING_SCHEDULE = "cosine"  # the paper's "varying" LR is unspecified; this is our reading
 NOISE_LEVELS = (0.0, 0.03, 0.05, 0.1)  # test-time sigma of the noise study
 SHARES = (0.0, 0.2, 0.4, 0.6)
+SHARED_POOL = 0.1  # beta of the non-IID study where the scale sets none: the paper's 10%
 NO_AT = {"train.adversarial": False, "train.noise-std": 0.0}
 # Test images of each cell's final (honest, expensive) evaluation; None = the run's own
 # data.eval-limit. At CPU scale 200 images keep PGD-50x5 and EOT-PGD to about a minute a cell.
@@ -88,7 +89,10 @@ def activation_study(scale: str, activations=ACTIVATIONS) -> list[Cell]:
 
 
 def noniid_study(scale: str, clients: int = 10) -> list[Cell]:
+    # Every cell, alpha = 0 and the baseline too, holds G back from the clients: so all
+    # cells' clients hold the same images and only the sharing differs.
     base = scale_base(scale, centralized=False)
+    base.setdefault("fl.shared-pool", SHARED_POOL)
     cells = [_cell({"fl.partition": "iid", "fl.shared-share": 0.0, **NO_AT}, base, False,
                    clients, name="baseline-no-at")]
     for partition, share in itertools.product(("iid", "classes", "dirichlet"), SHARES):

@@ -16,6 +16,7 @@ from typing import Any
 
 from common import results
 from common.config import ExperimentConfig, defaults
+from common.partition import check_split
 from server.store import RunStore
 
 from .overrides import UsageError, absolutize_paths
@@ -30,13 +31,15 @@ def cell_config(cell: Cell, folder: Path, extra: dict[str, Any]) -> tuple[Experi
     overrides = absolutize_paths({**cell.overrides, **extra,
                                   "out.dir": str(folder / "cells"), "out.run-name": cell.name})
     cfg = ExperimentConfig.from_flat({**defaults(), **overrides})
+    check_split(cfg, cell.num_supernodes)  # before the first cell runs, not at its turn
     return cfg, overrides
 
 
 def cell_state(cfg: ExperimentConfig) -> str:
-    """finished | resumable | new, from the cell's run folder."""
+    """finished | resumable | new, from the cell's run folder. A cell killed after its last
+    checkpoint but before final.pt is resumable: resuming writes what finishing writes."""
     store = RunStore(Path(cfg.out.dir) / cfg.run_name())
-    if store.status().get("status") == "finished":
+    if store.finished():
         return "finished"
     return "resumable" if store.checkpoint_path.exists() else "new"
 
@@ -56,8 +59,11 @@ def check_same_sweep(folder: Path, description: dict[str, Any]) -> None:
 
 def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
               cpus_per_client: int | None = None, gpus_per_client: float = 0.0,
-              verbose: bool = False) -> list[tuple[Cell, Path, str]]:
-    """Run every cell not finished yet; return (cell, run folder, status) per cell."""
+              verbose: bool = False, ray_address: str | None = None
+              ) -> list[tuple[Cell, Path, str]]:
+    """Run every cell not finished yet, one after another (on the Ray cluster at ray_address,
+    if given, each cell with the same resources per client); return (cell, run folder,
+    status) per cell."""
     configs = [cell_config(cell, folder, extra) for cell in cells]  # validates all first
     check_same_sweep(folder, {"sweep": name, "cells": [c.name for c in cells],
                               "extra": extra})
@@ -76,7 +82,8 @@ def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
             cfg, overrides = cfg.replace(resume=True), {**overrides, "resume": True}
         resources = Resources.for_clients(cell.num_supernodes, cpus_per_client,
                                           gpus_per_client)
-        outcome = run_experiment(cfg, overrides, resources, verbose=verbose, label=label)
+        outcome = run_experiment(cfg, overrides, resources, verbose=verbose, label=label,
+                                 ray_address=ray_address)
         outcomes.append((cell, run_dir, outcome.status))
         elapsed = time.monotonic() - started
         print(f"{label} {outcome.status}{': ' + outcome.reason if outcome.reason else ''} "

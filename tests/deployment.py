@@ -57,6 +57,8 @@ class Deployment:
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                 "PYTHONUNBUFFERED": "1",
+                # The SuperLink starts flower-superexec by name: this environment's first.
+                "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
                 # Several ClientApps share 2 cores here: one thread each avoids thrashing.
                 "OMP_NUM_THREADS": "1", **self.env_extra}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,19 @@ CASES = [
     ("min-nodes-above-supernodes", lambda t, d, r: ["--num-supernodes", "2", "--set",
                                                     "fl.min-nodes=3"],
      ["fl.min-nodes=3", "2 simulated supernodes"]),
+    ("classes-not-covered", lambda t, d, r: ["--num-supernodes", "3", "--set",
+                                             "fl.partition=classes", "--set", "fl.min-nodes=3"],
+     ["fl.classes-per-client=2 and 3 partitions", "at least 4", "at least 5 partitions"]),
+    ("share-without-pool", lambda t, d, r: ["--set", "fl.shared-share=0.4"],
+     ["fl.shared-share=0.4", "fl.shared-pool=0", "set fl.shared-pool > 0"]),
+    ("no-loss-term", lambda t, d, r: ["--set", "train.weight-clean=0", "--set",
+                                      "train.adversarial=false", "--set", "train.noise-std=0"],
+     ["no loss term", "train.noise-std > 0"]),
+    ("width-beyond-bound", lambda t, d, r: ["--set", f"model.width={2**63}"],
+     ["model.width", "<= 256", "GiB to train"]),
+    ("model-too-big-for-memory", lambda t, d, r: ["--set", "model.width=256", "--set",
+                                                  "train.batch-size=65536"],
+     ["will not fit in memory", "model.width=256", "train.batch-size=65536", "GiB to train"]),
 ]
 
 
@@ -150,6 +164,26 @@ def test_bad_input_is_refused_up_front_and_leaves_results_alone(
         assert fragment in err, f"{fragment!r} not in: {err}"
     assert snapshot(finished_run) == before
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.csv"))
+
+
+def test_too_few_classes_are_refused_in_the_first_second(tmp_path, data_dir, capsys):
+    """Before the data is read or Flower starts, not in a Ray actor minutes later."""
+    started = time.monotonic()
+    code = cli_main(["run", "--num-supernodes", "3", "--set", "fl.partition=classes",
+                     "--set", "fl.min-nodes=3", "--set", f"data.dir={data_dir}",
+                     "--set", f"out.dir={tmp_path / 'out'}"])
+    assert time.monotonic() - started < 1.0
+    assert code == 2 and "fl.classes-per-client=2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_refuses_cells_whose_classes_are_not_covered_before_any_cell_runs(
+        tmp_path, data_dir, capsys):
+    out = tmp_path / "sweep"
+    code = cli_main(["sweep", "noniid", "--scale", "toy", "--num-supernodes", "3",
+                     "--out", str(out), "--set", f"data.dir={data_dir}"])
+    assert code == 2 and "fl.classes-per-client=2 and 3 partitions" in capsys.readouterr().err
+    assert not out.exists()  # not even the IID cells, which could run, were started
 
 
 @pytest.mark.parametrize("node_config, fragment", [

@@ -139,7 +139,7 @@ def test_one_image_one_internal_network():
     config = yaml.safe_load((ROOT / BASE).read_text())
     assert config["networks"]["flower"]["internal"] is True
     images = {s["image"] for s in config["services"].values()}
-    assert images == {"${ROBUSTFL_IMAGE:-robustfl:flwr-1.41.0}"}
+    assert images == {f"${{ROBUSTFL_IMAGE:-robustfl:flwr-{gen.flwr_version()}}}"}
     assert all(s["networks"] == ["flower"] for s in config["services"].values())
     assert config["services"]["flwr-cli"]["profiles"] == ["cli"]  # not started by `up`
 
@@ -207,7 +207,8 @@ def test_dockerfile_installs_the_project_dependencies_with_flwr_pinned(tmp_path)
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     wanted = out.stdout.split()
-    assert "flwr==1.41.0" in wanted
+    assert f"flwr=={gen.flwr_version()}" in wanted  # the version the tests run
+    assert "assert flwr.__version__ == pin" in dockerfile  # and the image is checked for it
     assert {"torch", "torchvision", "numpy", "pandas", "matplotlib", "pyarrow"} <= {
         re.split(r"[<>=!~ ]", d)[0] for d in wanted}
     ignored = (ROOT / ".dockerignore").read_text().split()

@@ -90,3 +90,23 @@ def test_augment_is_a_crop_and_flip_of_the_original(cifar):
         assert plain or flipped
         flips += flipped and not plain
     assert 10 < flips < 54  # about half are flipped
+
+
+def test_augment_draws_every_shift_and_follows_the_generator(cifar):
+    x = cifar.train_x[:128]
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, augment(x, torch.Generator().manual_seed(1)))
+    as_uint8 = (out * 255).round().to(torch.uint8)
+    windows = torch.nn.functional.pad(x, (4, 4, 4, 4)).unfold(2, 32, 1).unfold(3, 32, 1)
+    windows = windows.permute(0, 2, 3, 1, 4, 5)  # (image, row, col, 3, 32, 32)
+    rows, cols = set(), set()
+    for i in range(x.shape[0]):
+        plain = (windows[i] == as_uint8[i]).flatten(2).all(2)
+        flipped = (windows[i].flip(-1) == as_uint8[i]).flatten(2).all(2)
+        found = (plain | flipped).nonzero().tolist()
+        if len(found) == 1:  # a flat image region can match several shifts
+            rows.add(found[0][0])
+            cols.add(found[0][1])
+    # Each of the 9 offsets per axis misses all 128 images with chance (8/9)^128 < 1e-6.
+    assert rows == set(range(9)) and cols == set(range(9))

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.flower
 
 
 def tiny_run_config(data_dir, out, name, rounds=2, extra=""):
-    """A --run-config string for a few-second round; `extra` ("key=value ...") wins."""
+    """A --run-config string for a few-second round; `extra` ("key=value ...") wins.
+    Five classes per client, so that the two or three nodes of a test hold all ten."""
     pairs = dict(item.split("=", 1) for item in (
         f"data.dir='{data_dir}' out.dir='{out}' out.run-name='{name}' fl.num-rounds={rounds} "
         "fl.min-nodes=3 fl.node-wait=90.0 data.train-limit=300 data.eval-limit=50 "
         "train.local-epochs=1 eval.attacks='fgsm' fl.partition='classes' "
-        "fl.shared-share=0.5").split())
+        "fl.classes-per-client=5 fl.shared-pool=0.1 fl.shared-share=0.5").split())
     pairs.update(item.split("=", 1) for item in extra.split())
     return " ".join(f"{k}={v}" for k, v in pairs.items())
 

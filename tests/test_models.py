@@ -59,10 +59,29 @@ def test_no_downsample_variant_keeps_resolution_and_parameters():
         build_model("relu", 8, "tiny")
 
 
-def test_normalization_is_inside_the_model_and_not_in_its_weights():
+def _stem_input(model, x):
+    """What the first convolution sees when the model's forward runs on x."""
+    seen = []
+    handle = model.stem[0].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_forward_normalizes_with_the_cifar10_statistics_and_keeps_them_out_of_the_weights():
     model = build_model("relu", 8).eval()
     assert "mean" not in model.state_dict() and "std" not in model.state_dict()
-    # Inputs live in [0, 1]: a constant image at the dataset mean maps to zero at the stem.
-    mean_image = model.mean.expand(1, 3, 32, 32)
-    normalized = (mean_image - model.mean) / model.std
-    assert torch.allclose(normalized, torch.zeros_like(normalized))
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    x = torch.rand(2, 3, 32, 32)  # inputs live in [0, 1]
+    assert torch.allclose(_stem_input(model, x), (x - mean) / std, atol=1e-6)
+    assert torch.allclose(_stem_input(model, mean.expand(1, 3, 32, 32)),
+                          torch.zeros(1, 3, 32, 32), atol=1e-6)
+
+
+def test_real_images_reach_the_stem_standardized(cifar):
+    stem = _stem_input(build_model("relu", 8).eval(), cifar.train_x[:200].float() / 255)
+    per_channel = stem.transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 0.05
+    assert torch.allclose(per_channel.std(1), torch.ones(3), atol=0.05)

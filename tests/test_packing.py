@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -111,3 +111,46 @@ def test_fedavg_over_packed_vectors_equals_the_per_tensor_weighted_mean():
         if tensor.is_floating_point():
             expected = sum(s[name].double() * n for s, n in zip(states, weights)) / sum(weights)
             torch.testing.assert_close(got[name].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _with_metrics(content: RecordDict, **changes) -> RecordDict:
+    metrics = dict(content[protocol.METRICS])
+    for key, value in changes.items():
+        if value is None:
+            metrics.pop(key)
+        else:
+            metrics[key] = value
+    return RecordDict({protocol.ARRAYS: content[protocol.ARRAYS],
+                       protocol.METRICS: MetricRecord(metrics)})
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"train_loss": None}, "metric keys"),  # a key missing
+    ({"extra_metric": 1.0}, "metric keys"),  # a key the protocol does not know
+    ({"num-examples": 0}, "num-examples = 0 is not a positive count"),
+    ({"num-examples": -5}, "num-examples = -5 is not a positive count"),
+    ({"num-examples": float("nan")}, "is not a positive count"),
+    ({"num-examples": float("inf")}, "is not a positive count"),
+])
+def test_the_reply_guard_checks_the_metrics(changes, reason):
+    state = trained_like_state(9)
+    content = _with_metrics(reply(state), **changes)
+    problem = check_reply(content, packed_record(state), Layout.of(state))
+    assert problem is not None and reason in problem, problem
+
+
+def test_the_reply_guard_refuses_a_vector_of_another_dtype_under_the_right_name():
+    state = trained_like_state(10)
+    content = reply(state)
+    floats = content[protocol.ARRAYS]["float32"].numpy().astype(np.float64)
+    content[protocol.ARRAYS]["float32"] = Array(floats)
+    problem = check_reply(content, packed_record(state), Layout.of(state))
+    assert problem is not None and "float32 vector has dtype" in problem, problem
+
+
+def test_the_reply_guard_wants_one_array_record_and_one_metric_record():
+    state = trained_like_state(11)
+    content = reply(state)
+    content["second"] = packed_record(state)
+    problem = check_reply(content, packed_record(state), Layout.of(state))
+    assert problem == "expected exactly one ArrayRecord and one MetricRecord"

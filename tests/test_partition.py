@@ -5,7 +5,17 @@ import sys
 import numpy as np
 import pytest
 
-from common.partition import PartitionError, class_assignment, eval_indices, make_plan
+from common.config import ExperimentConfig
+from common.partition import (
+    NUM_CLASSES,
+    PartitionError,
+    check_split,
+    class_assignment,
+    eval_indices,
+    make_plan,
+    shared_plan,
+    split_for,
+)
 
 LABELS = np.repeat(np.arange(10), 500)[np.random.default_rng(0).permutation(5000)]
 
@@ -37,6 +47,73 @@ def test_classes_scheme_gives_exactly_k_classes(n, k):
         assert np.unique(LABELS[part]).size == k
     if n * k >= 10:  # enough slots to cover every class
         assert np.unique(LABELS[np.concatenate(p.partitions)]).size == 10
+
+
+def _check_classes_split(labels, n, k, shared_fraction, seed=7):
+    """Every class and every non-G image used; k classes per partition; classes spread."""
+    p = make_plan(labels, "classes", n, seed=seed, classes_per_client=k,
+                  shared_fraction=shared_fraction)
+    joined = np.concatenate(p.partitions)
+    pool = np.setdiff1d(np.arange(labels.size), p.shared)
+    assert np.array_equal(np.sort(joined), pool), (n, k)  # disjoint, and nothing dropped
+    holders = np.zeros(NUM_CLASSES, dtype=int)
+    for part in p.partitions:
+        classes = np.unique(labels[part])
+        assert classes.size == k, (n, k, classes)
+        holders[classes] += 1
+    assert (holders >= (n * k) // NUM_CLASSES).all(), (n, k, holders)
+    assert (holders <= -(-(n * k) // NUM_CLASSES)).all(), (n, k, holders)
+
+
+@pytest.mark.parametrize("n", range(1, 21))
+def test_classes_scheme_covers_every_class_and_image_for_every_n_and_k(n):
+    for k in range(1, NUM_CLASSES + 1):
+        if n * k < NUM_CLASSES:
+            with pytest.raises(PartitionError) as err:
+                plan("classes", n=n, classes_per_client=k)
+            message = str(err.value)
+            assert f"fl.classes-per-client={k}" in message and f"{n} partitions" in message
+            assert "at least" in message  # the fix
+            continue
+        _check_classes_split(LABELS, n, k, shared_fraction=0.1)
+        assignment = class_assignment(n, k, seed=7)  # the same, from the assignment itself
+        assert all(np.unique(a).size == k for a in assignment)
+        counts = np.bincount(np.concatenate(assignment), minlength=NUM_CLASSES)
+        assert counts.max() - counts.min() <= 1, (n, k, counts)
+
+
+@pytest.mark.parametrize("n, k", [(6, 2), (4, 3), (6, 3), (6, 4), (7, 2), (7, 3), (8, 2),
+                                  (10, 2), (3, 4)])
+def test_classes_scheme_on_the_real_labels(cifar, n, k):
+    """The pairs the old stride lost classes on, with the real training labels and a pool."""
+    _check_classes_split(cifar.train_y.numpy(), n, k, shared_fraction=0.1)
+
+
+@pytest.mark.parametrize("n, k", [(6, 2), (7, 3), (13, 1), (20, 7)])
+def test_classes_split_is_deterministic_per_seed(n, k):
+    a = make_plan(LABELS, "classes", n, seed=3, classes_per_client=k)
+    b = make_plan(LABELS, "classes", n, seed=3, classes_per_client=k)
+    c = make_plan(LABELS, "classes", n, seed=4, classes_per_client=k)
+    assert all(np.array_equal(x, y) for x, y in zip(a.partitions, b.partitions))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.partitions, c.partitions))
+
+
+def test_the_harness_check_refuses_too_few_classes_without_data():
+    cfg = ExperimentConfig.from_flat({"fl.partition": "classes", "fl.classes-per-client": 2})
+    with pytest.raises(PartitionError, match=r"classes-per-client=2 and 3 partitions.*"
+                                             r"at least 4 or use at least 5 partitions"):
+        check_split(cfg, 3)
+    check_split(cfg, 5)
+    check_split(cfg.replace(**{"fl.partition": "iid"}), 3)  # only the classes scheme
+
+
+def test_the_server_draws_the_same_pool_without_splitting():
+    """The ServerApp knows no client count: its G must be the clients' G."""
+    cfg = ExperimentConfig.from_flat({"fl.partition": "classes", "fl.shared-pool": 0.1,
+                                      "data.train-limit": 3000})
+    server = shared_plan(cfg, LABELS)
+    assert server.partitions == () and server.shared.size == 300
+    assert np.array_equal(server.shared, split_for(cfg, LABELS, 10).shared)
 
 
 def test_ten_clients_two_classes_form_a_ring():

@@ -1,5 +1,5 @@
 """Reliability with real SuperLink/SuperNode processes: nodes that die mid-round and come back,
-too few nodes, and a ServerApp killed mid-run and resumed from its checkpoint."""
+too few nodes, and a ServerApp killed mid-run and resumed from its checkpoint on new nodes."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ def wait_for_training(d: Deployment, node: str, run: Path, server_round: int,
 
     d.wait(training, timeout, f"{node} to be training in round {server_round}",
            lambda: d.log(node)[-2000:], interval=0.5)
+
+
+def start_node(d: Deployment, name: str, partition_id: int, num_partitions: int,
+               data_dir: Path) -> int:
+    """Start a SuperNode and return the node id the SuperLink gave it."""
+    before = set(d.online_nodes())
+    d.start_supernode(name, partition_id, num_partitions, data_dir=data_dir)
+    new: list[int] = []
+
+    def online() -> bool:
+        new[:] = sorted(set(d.online_nodes()) - before)
+        return bool(new)
+
+    d.wait(online, 120, f"{name} to be online", lambda: d.log(name)[-2000:], interval=1.0)
+    return new[0]
 
 
 def test_nodes_killed_mid_round_a_node_that_rejoins_and_too_few_nodes(data_dir, tmp_path):
@@ -93,7 +108,10 @@ def test_nodes_killed_mid_round_a_node_that_rejoins_and_too_few_nodes(data_dir, 
         d.stop_node("node-2", signal.SIGTERM)
         info = d.wait_run(run_id, timeout=300, run_dir=out / "too-few")
         log = d.run_log(run_id)
-    assert info["status"] == "finished:completed", f"{info}\n{log[-4000:]}"
+    # A stopped run is not a completed one for Flower either: `flwr list` says failed, with
+    # the reason; status.json keeps the detail.
+    assert info["status"] == "finished:failed", f"{info}\n{log[-4000:]}"
+    assert "only 1 usable node(s)" in info["status-details"], info
     assert "Waiting for nodes" in log and "Gave up waiting for nodes" in log
     run = out / "too-few"
     assert status(run)["status"] == "stopped" and status(run)["last_round"] == 2
@@ -104,23 +122,25 @@ def test_nodes_killed_mid_round_a_node_that_rejoins_and_too_few_nodes(data_dir, 
 
 COMPARED = ["round", "natural_acc", "fgsm_acc", "natural_noise_acc", "fgsm_noise_acc",
             "train_loss", "adv_loss", "clients_ok", "lr_start", "lr_end"]
+CLIENTS_COMPARED = ["round", "partition_id", "status", "num_examples", "train_loss"]
 
 
 def test_serverapp_killed_after_round_two_resumes_to_the_same_result(data_dir, tmp_path):
     out = tmp_path / "runs"
-    # Round 3 of the interrupted run is slow (partition 0 sleeps), which leaves time to kill
-    # its ServerApp after round 2 was recorded: the kill follows the checkpoint within a
-    # second, round 3 takes the delay plus several seconds of message passing. The resumed
-    # run repeats the interrupted run's config (its identity must match); the reference
-    # differs only by the delay, which changes no result.
-    common = "train.schedule='cosine' fl.min-nodes=2"
-    settings = common + " fault.mode='delay' fault.delay=6.0 fault.partitions='0' " \
+    # Round 3 of the interrupted run is slow (the partition drawn sleeps), which leaves time
+    # to kill its ServerApp after round 2 was recorded: the kill follows the checkpoint
+    # within a second, round 3 takes the delay plus several seconds of message passing. The
+    # resumed run repeats the interrupted run's config (its identity must match); the
+    # reference differs only by the delay, which changes no result.
+    # Half the nodes train per round, aggregated by Krum: the draw must follow partitions,
+    # not node ids, which change when the nodes are replaced before the resumed run.
+    common = "train.schedule='cosine' fl.min-nodes=1 fl.fraction-train=0.5 " \
+             "fl.aggregation='krum'"
+    settings = common + " fault.mode='delay' fault.delay=6.0 fault.partitions='0,1' " \
                         "fault.rounds='3'"
     with Deployment(tmp_path / "deploy", env_extra=FAST_HEARTBEAT) as d:
         d.start_superlink()
-        for i in range(2):
-            d.start_supernode(f"node-{i}", i, 2, data_dir=data_dir)
-        d.wait_nodes(2)
+        ids = {i: start_node(d, f"node-{i}", i, 2, data_dir) for i in range(2)}
         interrupted = d.submit(tiny_run_config(data_dir, out, "resumed", rounds=3,
                                                extra=settings))
         checkpoint = out / "resumed" / "checkpoint.pt"
@@ -133,6 +153,16 @@ def test_serverapp_killed_after_round_two_resumes_to_the_same_result(data_dir, t
         d.wait(lambda: not d.running("superlink", "flwr-serverapp"), 30, "the ServerApp to die")
         assert torch.load(checkpoint)["round"] == 2
         assert rows(out / "resumed", "rounds.csv")["round"].tolist() == [1, 2]
+
+        # New machines: node-0 comes back under a new id until the ids' order is reversed,
+        # so that a draw over sorted node ids would pick the other partition in every round.
+        order = ids[0] < ids[1]
+        for _ in range(10):
+            d.stop_node("node-0")
+            ids[0] = start_node(d, "node-0", 0, 2, data_dir)
+            if (ids[0] < ids[1]) != order:
+                break
+        assert (ids[0] < ids[1]) != order, "node ids kept their order over 10 restarts"
 
         # The resumed run and an uninterrupted reference run share the nodes concurrently.
         resumed = d.submit(tiny_run_config(data_dir, out, "resumed", rounds=3,
@@ -149,6 +179,12 @@ def test_serverapp_killed_after_round_two_resumes_to_the_same_result(data_dir, t
     b = rows(out / "resumed", "rounds.csv")
     assert b["round"].tolist() == [1, 2, 3]  # each round exactly once
     pd.testing.assert_frame_equal(a[COMPARED], b[COMPARED])
+    clients_a = rows(out / "uninterrupted", "clients.csv")
+    clients_b = rows(out / "resumed", "clients.csv")
+    assert len(clients_b) == 3 and (clients_b["status"] == "ok").all()  # one per round
+    pd.testing.assert_frame_equal(clients_a[CLIENTS_COMPARED], clients_b[CLIENTS_COMPARED])
+    third = clients_b.iloc[2]
+    assert third["node_id"] == str(ids[int(third["partition_id"])])  # on today's nodes
     final_a = torch.load(out / "uninterrupted" / "final.pt")
     final_b = torch.load(out / "resumed" / "final.pt")
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)

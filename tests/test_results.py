@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pandas as pd
 import pytest
 
@@ -35,3 +38,17 @@ def test_torch_and_parquet_round_trip(tmp_path):
     frame = pd.DataFrame({"a": [1, 2]})
     results.write_parquet(tmp_path / "t.parquet", frame)
     assert pd.read_parquet(tmp_path / "t.parquet").equals(frame)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_results_get_the_users_umask_not_private_temp_file_modes(tmp_path, umask, mode):
+    """Shared results folders and containers running as another uid must read them."""
+    previous = os.umask(umask)
+    try:
+        assert results.current_umask() == umask
+        results.write_text(tmp_path / "status.json", "{}\n")
+        results.save_torch(tmp_path / "checkpoint.pt", {"w": 1})
+    finally:
+        os.umask(previous)
+    for name in ("status.json", "checkpoint.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -24,13 +25,15 @@ TINY = ["data.eval-limit=100", "train.local-epochs=1", "train.batch-size=32",
         "model.width=8", "eval.attacks=fgsm,pgd5"]
 
 
-def harness(args, timeout=600):
+def harness(args, timeout=600, prefix=()):
     """Run `python -m simulation ...` with a marker in its environment, which every process
-    it starts inherits (Ray workers included); then check that none of them survives."""
+    it starts inherits (Ray workers included); then check that none of them survives.
+    `prefix` goes before the command (e.g. `ip netns exec NAME`)."""
     marker = f"ROBUSTFL_TEST_MARKER=harness-{uuid.uuid4().hex}"
     env = {**os.environ, "ROBUSTFL_TEST_MARKER": marker.split("=", 1)[1]}
     try:
-        proc = subprocess.run([sys.executable, "-m", "simulation", *args], cwd=ROOT, env=env,
+        proc = subprocess.run([*prefix, sys.executable, "-m", "simulation", *args], cwd=ROOT,
+                              env=env,
                               capture_output=True, text=True, timeout=timeout)
     finally:
         leftovers = wait_until_gone(marker)
@@ -49,7 +52,8 @@ def test_federated_non_iid_run_with_shared_pool_and_a_nan_client(data_dir, tmp_p
     out = tmp_path / "runs"
     proc = harness(["run", "--num-supernodes", "3", "--verbose", *sets(
         f"data.dir={data_dir}", f"out.dir={out}", "out.run-name=fed", "fl.num-rounds=2",
-        "fl.partition=classes", "fl.classes-per-client=2", "fl.shared-share=0.5",
+        "fl.partition=classes", "fl.classes-per-client=4", "fl.shared-pool=0.1",
+        "fl.shared-share=0.5",
         "fl.min-nodes=3", "data.train-limit=600", *TINY, "fl.aggregation=fedmedian",
         "fault.mode=nan", "fault.partitions=2")])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -80,6 +84,10 @@ def test_federated_non_iid_run_with_shared_pool_and_a_nan_client(data_dir, tmp_p
     assert (clients[clients["partition_id"] != 2]["status"] == "ok").all()
     assert rounds["clients_rejected"].tolist() == [1, 1]
     assert "round 2/2" in proc.stderr  # the progress display
+    # ... also within a round, drawn from the server's in-round lines (common.progress_lines)
+    assert re.search(r"round 1/2 \[[#-]+\] training: [123]/3 clients done \| [\d,]+ images/s",
+                     proc.stderr), proc.stderr[-3000:]
+    assert "round 2/2 [" in proc.stderr and "] evaluating: central evaluation" in proc.stderr
     assert "Aggregation: SharedPoolFedMedian" in proc.stderr
 
 
