@@ -13,7 +13,9 @@ Against a randomized model, the single attacks average APGD's gradient over the 
 as the `rand` version. AutoAttack attacks only the examples that the model classifies
 correctly, keeps attacking an example until the model gets it wrong, and returns the others
 unchanged; `classify` replaces the model in those decisions, so that a randomized model is
-judged by the same majority vote as everywhere in `evaluation`.
+judged by the same majority vote as everywhere in `evaluation`. (Inside each stage, APGD
+still checks its start with one forward pass and skips an image that one draw misclassifies;
+the image stays in play for the next stage. EOT-PGD beside `aa` covers that gap.)
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
         keys = list(spec(0.0))
         if not done.empty and not set(keys) <= set(done.columns):
             # Rows from before a key existed stay, never matched: their convention was older.
-            pass
+            results.write_csv(cache, done.reindex(columns=[*keys, *done.columns.difference(keys)]))
         done = results.upsert_rows(cache, rows, keys=keys)
     keep = pd.concat([cached(s) for s in noise_levels], axis=1).any(axis=1)
     return done[keep].reset_index(drop=True)
