@@ -188,6 +188,7 @@ def cmd_sweep(args) -> int:
         key, value = parse_assignment(text)
         extra[key] = value
     extra = absolutize_paths(extra)
+    _check_attacks(args)
     cells = study_cells(args.study, args.scale, args.grid, args.centralized,
                         args.num_supernodes)
     folder = Path(args.out).expanduser().resolve() if args.out else \
@@ -213,16 +214,21 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    try:
-        levels = [float(s) for s in args.noise_std.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--noise-std expects numbers like 0,0.05, got {args.noise_std!r}")
+def _check_attacks(args) -> None:
+    """--attacks and --noise-attacks, before any work (a sweep evaluates them at its end)."""
     for spec in (args.attacks, args.noise_attacks):
         try:
             parse_attacks(spec)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+def cmd_evaluate(args) -> int:
+    try:
+        levels = [float(s) for s in args.noise_std.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--noise-std expects numbers like 0,0.05, got {args.noise_std!r}")
+    _check_attacks(args)
     run = Path(args.run).expanduser().resolve()
     if not (run / "final.pt").is_file():
         raise UsageError(f"{run} has no final.pt: the run has not finished")

@@ -229,3 +229,16 @@ def test_final_evaluation_and_report_name_their_noise_protocol(data_dir, tmp_pat
     tables = (report / "tables.md").read_text()
     assert "Noise protocol: `fixed`" in tables and "upper bound" in tables
     assert pd.read_csv(run / "final_eval.csv").equals(both)  # the report reused the rows
+
+
+@pytest.mark.parametrize("flag", ["--attacks", "--noise-attacks"])
+def test_a_sweep_refuses_a_bad_final_attack_list_before_it_starts(tmp_path, flag):
+    from simulation import cli
+    from simulation.overrides import UsageError
+
+    args = cli._parser().parse_args(["sweep", "grid", "--scale", "toy", "--grid",
+                                     "model.activation=relu", "--out", str(tmp_path / "sweep"),
+                                     flag, "pgd20,autoattack"])
+    with pytest.raises(UsageError, match="unknown attack 'autoattack'.*aa, apgd-ce"):
+        cli.cmd_sweep(args)
+    assert not (tmp_path / "sweep").exists()

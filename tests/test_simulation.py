@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -140,7 +141,10 @@ def test_plain_flwr_run_in_local_simulation(data_dir, tmp_path, flower_env, monk
             [str(__import__("pathlib").Path(sys.executable).parent / "flwr"), "run", ".",
              "--stream", "--run-config", overrides,
              "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600)
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            # `flwr run` starts flower-superlink by name: this environment's, activated or not.
+            env={**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                                        os.environ.get("PATH", "")])})
     finally:
         kill_all(f"FLWR_HOME={flower_env}")  # `flwr run` leaves its local SuperLink running
         leftovers = wait_until_gone(f"FLWR_HOME={flower_env}")
