@@ -175,6 +175,17 @@ def train_reply_content(state: dict[str, torch.Tensor], partition_id: int,
                        protocol.METRICS: MetricRecord(metrics)})
 
 
+def train_messages(global_state: dict[str, torch.Tensor], node_of: dict[int, int]
+                   ) -> list[Message]:
+    """The train messages the strategy sent this round, one per partition's node."""
+    return [Message(RecordDict({protocol.ARRAYS: packed_record(global_state)}),
+                    metadata=Metadata(run_id=1, message_id=f"m{p}", src_node_id=1,
+                                      dst_node_id=node, reply_to_message_id="", group_id="1",
+                                      created_at=time.time(), ttl=3600.0,
+                                      message_type=MessageType.TRAIN))
+            for p, node in node_of.items()]
+
+
 def test_a_reply_claiming_more_examples_than_its_node_holds_is_rejected(small_data):
     # shared-share 0.5 of G (10% of 1,000 images): each node may train on partition + 50.
     strategy = strategy_for(small_data, **{"fl.shared-pool": 0.1, "fl.shared-share": 0.5})
@@ -184,13 +195,7 @@ def test_a_reply_claiming_more_examples_than_its_node_holds_is_rejected(small_da
     node_of = {p: 1000 + p for p in held}
     strategy.nodes = {node_of[p]: NodeInfo(p, 3, n) for p, n in held.items()}
     global_state = model_state(0)
-    strategy._sent = [
-        Message(RecordDict({protocol.ARRAYS: packed_record(global_state)}),
-                metadata=Metadata(run_id=1, message_id=f"m{p}", src_node_id=1,
-                                  dst_node_id=node_of[p], reply_to_message_id="",
-                                  group_id="1", created_at=time.time(), ttl=3600.0,
-                                  message_type=MessageType.TRAIN))
-        for p in held]
+    strategy._sent = train_messages(global_state, node_of)
     updates = {p: model_state(10 + p) for p in held}
     liar = 2
     claimed = {p: held[p] + share for p in held}  # what honest clients report
@@ -224,13 +229,7 @@ def test_a_reply_claiming_another_nodes_partition_is_rejected_and_rows_keep_the_
     node_of = {p: 2000 + p for p in held}
     strategy.nodes = {node_of[p]: NodeInfo(p, 2, n) for p, n in held.items()}
     global_state = model_state(0)
-    strategy._sent = [
-        Message(RecordDict({protocol.ARRAYS: packed_record(global_state)}),
-                metadata=Metadata(run_id=1, message_id=f"m{p}", src_node_id=1,
-                                  dst_node_id=node_of[p], reply_to_message_id="",
-                                  group_id="1", created_at=time.time(), ttl=3600.0,
-                                  message_type=MessageType.TRAIN))
-        for p in held]
+    strategy._sent = train_messages(global_state, node_of)
     claims = {0: 0, 1: 0}  # node 1 pretends to hold partition 0
     replies = [Message(train_reply_content(model_state(10 + p), claims[p], held[p]),
                        reply_to=sent) for p, sent in zip(held, strategy._sent)]
