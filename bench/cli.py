@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import ablations, at_step, attack, data_path, federated, flops
+from . import ablations, at_step, attack, data_path, federated, flops, objectives
 from .fixtures import DEFAULT_DATA, DEFAULT_OUT, Options
 from .result import Result, write
 from .timing import torch_threads
@@ -20,6 +20,7 @@ BENCHMARKS = {  # name -> run(opts) -> Result | list[Result]
     "data_path": data_path.run,
     "attack": attack.run,
     "ablations": ablations.run,
+    "objectives": objectives.run,  # each training objective's step over the mixed step
     "flops": flops.run,
     "federated": federated.run,  # also yields the memory result
 }

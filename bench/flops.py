@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.config import ExperimentConfig
 from common.evaluation import parse_attacks
 from common.models import build_model
-from common.partition import split_for
+from common.partition import in_run_eval_size, split_for
 from common.training import make_optimizer
 
 from .fixtures import Options, cpu_settings, preset_config
@@ -120,7 +120,7 @@ def run(opts: Options) -> Result:
     train_flops = images * step_per_image
     evals = sum(1 for r in range(1, cfg.fl.num_rounds + 1)
                 if r % cfg.eval.every == 0 or r == cfg.fl.num_rounds)
-    test_images = cfg.data.eval_limit or CIFAR_TEST
+    test_images = in_run_eval_size(cfg.data.val_size, cfg.data.eval_limit, CIFAR_TEST)
     grads, forwards = eval_passes(cfg)
     eval_flops = evals * test_images * (grads * f["pgd_pass"] + forwards * f["forward"])
     hours = {u: (train_flops / (PEAK_BF16 * u) + eval_flops / (PEAK_TF32 * u)) / 3600
@@ -139,7 +139,8 @@ def run(opts: Options) -> Result:
         f"{epoch_images(cfg):,} images per epoch (10 partitions of the pool + their "
         f"{cfg.fl.shared_share:.0%} shares of G) = {images:,} AT steps-per-image = "
         f"{train_flops / 1e15:.1f} PFLOP (bf16).",
-        f"Evaluation: {evals} central evaluations x {test_images:,} test images x "
+        f"Evaluation: {evals} central evaluations x {test_images:,} "
+        f"{'validation' if cfg.data.val_size else 'test'} images x "
         f"({grads:.0f} PGD passes + {forwards:.0f} forwards) for `{cfg.eval.attacks}` with "
         f"and without noise = {eval_flops / 1e15:.1f} PFLOP (fp32/TF32).",
         f"Assumed {GPU}: {PEAK_BF16 / 1e12:.0f} TFLOP/s bf16 dense, {PEAK_TF32 / 1e12:.0f} "

@@ -38,7 +38,7 @@ import torch
 from common.config import ExperimentConfig
 from common.data import DataError, load_cifar10
 from common.evaluation import EvalSettings, parse_attacks
-from common.partition import NUM_CLASSES, split_for
+from common.partition import NUM_CLASSES, in_run_eval_size, split_for
 
 from . import gpu_measure as measure
 from .fixtures import DEFAULT_OUT, batch_of, preset_config
@@ -141,7 +141,8 @@ def workload(cfg) -> dict:
             # server/rounds.py evaluates every eval.every rounds and after the last
             "evaluations": sum(r % cfg.eval.every == 0 or r == rounds
                                for r in range(1, rounds + 1)),
-            "eval_images": cfg.data.eval_limit or CIFAR10_TEST}
+            "eval_images": in_run_eval_size(cfg.data.val_size, cfg.data.eval_limit,
+                                            CIFAR10_TEST)}
 
 
 def gradient_passes(cfg) -> tuple[int, list[str]]:

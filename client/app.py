@@ -1,8 +1,10 @@
 """ClientApp: answers the server's hello, trains adversarially, evaluates locally.
 
-Each node derives its partition from its node config (partition-id, num-partitions,
-data-dir) and the run's seed; its share of the shared pool G arrives in a train message once
-and is kept in the node's context.state for the rest of the run.
+With fl.client-data=partition each node derives its partition from its node config
+(partition-id, num-partitions, data-dir) and the run's seed; with fl.client-data=local it
+trains on every image in its own data-dir and is known by its node-name. Its share of the
+shared pool G arrives in a train message once and is kept in the node's context.state for the
+rest of the run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from common import protocol
 from common.config import ExperimentConfig
+from common.data import DataError
 from common.device import training_device
 from common.evaluation import EvalSettings, evaluate as evaluate_model, parse_attacks
 from common.models import build_model
@@ -24,7 +27,7 @@ from common.packing import Layout, pack, unpack
 from common.training import train as train_model
 
 from . import faults, local_data
-from .node import NodeSettings
+from .node import NodeConfigError, NodeSettings
 
 app = ClientApp()
 log = logging.getLogger("robustfl.client")
@@ -45,20 +48,30 @@ def _global_model(msg: Message, cfg: ExperimentConfig) -> torch.nn.Module:
 
 
 def _setup(context: Context) -> tuple[ExperimentConfig, NodeSettings]:
-    return ExperimentConfig.from_flat(context.run_config), NodeSettings.from_node_config(
-        context.node_config
-    )
+    cfg = ExperimentConfig.from_flat(context.run_config)
+    return cfg, NodeSettings.from_node_config(context.node_config, cfg.fl.client_data)
 
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds, after checking its data loads."""
-    cfg, node = _setup(context)
-    images, _ = local_data.partition(cfg, node)
-    metrics = MetricRecord({"partition-id": node.partition_id,
+    """Tell the server who this node is (its client key; its node-name in local mode) and
+    how many images it holds, after checking that they load. A node whose node config or
+    data is broken says why instead, naming itself and the file."""
+    try:
+        cfg, node = _setup(context)
+        images, _ = local_data.training_images(cfg, node)
+    except (NodeConfigError, DataError) as exc:
+        log.warning("This node cannot take part: %s", exc)
+        name = context.node_config.get("node-name", "")
+        return Message(RecordDict({protocol.NODE: ConfigRecord({
+            "node-name": name if isinstance(name, str) else "", "problem": str(exc)})}),
+            reply_to=msg)
+    metrics = MetricRecord({"partition-id": node.key,
                             "num-partitions": node.num_partitions,
                             "num-examples": int(images.shape[0])})
-    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({protocol.METRICS: metrics,
+                               protocol.NODE: ConfigRecord({"node-name": node.name})}),
+                   reply_to=msg)
 
 
 def _share(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -90,25 +103,25 @@ def train(msg: Message, context: Context) -> Message:
     settings = protocol.settings_from_record(dict(msg.content[protocol.CONFIG]))
     server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
     share_x, share_y, share_received = _share(msg, context)
-    images, labels = local_data.partition(cfg, node)
+    images, labels = local_data.training_images(cfg, node)
     if share_x.size:
         images = torch.cat([images, torch.from_numpy(share_x)])
         labels = torch.cat([labels, torch.from_numpy(share_y)])
 
-    fault = faults.for_partition(cfg, node.partition_id, server_round)
+    fault = faults.for_partition(cfg, node.key, server_round)
     fault.before_training()
     dev = device()
     model = _global_model(msg, cfg).to(dev)
     trainable = torch.compile(model) if cfg.train.compile else model
     started = time.perf_counter()
     stats = train_model(trainable, images.to(dev), labels.to(dev), settings,
-                        seed=protocol.client_seed(cfg.seed, server_round, node.partition_id))
-    log.info("partition %d round %d: %d images, loss %.3f, %.1fs", node.partition_id,
-             server_round, stats.num_examples, stats.loss, time.perf_counter() - started)
+                        seed=protocol.client_seed(cfg.seed, server_round, node.key))
+    log.info("%s round %d: %d images, loss %.3f, %.1fs", node.label, server_round,
+             stats.num_examples, stats.loss, time.perf_counter() - started)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {
         "num-examples": fault.reported_examples(stats.num_examples),
-        "partition-id": node.partition_id,
+        "partition-id": node.key,
         "shared-examples": int(share_x.shape[0]),
         "share-received": int(share_received),
         **stats.as_metrics(),
@@ -134,5 +147,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     acc = evaluate_model(model, images.to(dev), labels.to(dev), settings,
                          seed=protocol.eval_seed(cfg.seed, server_round))
     metrics = MetricRecord({"num-examples": int(images.shape[0]),
-                            "partition-id": node.partition_id, **acc})
+                            "partition-id": node.key, **acc})
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -1,4 +1,8 @@
-"""This node's training data: its partition of the training set plus its share of G."""
+"""This node's own training data (its share of G arrives in the messages).
+
+fl.client-data=partition: its partition of the training set in data-dir (or data.dir), which
+every node derives alike; fl.client-data=local: every image in its own data-dir.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import torch
 
 from common.config import ExperimentConfig
-from common.data import Cifar10, load_cifar10
+from common.data import Cifar10, DataError, load_cifar10, load_own_images
 from common.partition import DataPlan, eval_indices, make_plan, split_for
 
 from .node import NodeSettings
@@ -28,6 +32,20 @@ def _plan(cfg: ExperimentConfig, data_dir: str, num_partitions: int) -> DataPlan
     # Cached per process (Ray actor or SuperNode subprocess): every round asks for it again.
     labels = load_cifar10(data_dir or cfg.data.dir, download=cfg.data.download).train_y
     return split_for(cfg, labels.numpy(), num_partitions)
+
+
+def training_images(cfg: ExperimentConfig, node: NodeSettings
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, labels) this node trains on besides its share of G, on the CPU."""
+    return own_images(node) if node.local else partition(cfg, node)
+
+
+def own_images(node: NodeSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image in a local-mode node's data-dir; a problem names the node and the file."""
+    try:
+        return load_own_images(node.data_dir)
+    except DataError as exc:
+        raise DataError(f"{node.label}: {exc}") from None
 
 
 def partition(cfg: ExperimentConfig, node: NodeSettings) -> tuple[torch.Tensor, torch.Tensor]:

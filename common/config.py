@@ -20,6 +20,7 @@ from typing import Any
 
 from . import activations, schedules
 from .models import VARIANTS
+from .objectives import NAMES as OBJECTIVES
 
 Check = Callable[[Any], str | None]  # returns what is allowed if the value is bad
 
@@ -159,10 +160,17 @@ class DataConfig:
                          identity=False, default=False)
     train_limit: int = key(between(0, CIFAR_TRAIN, f"CIFAR-10 has {CIFAR_TRAIN:,} training "
                                    "images; 0 = all of them"),
-                           "class-balanced training subset size; 0 = all", default=0)
+                           "class-balanced training subset size (of the images outside the "
+                           "validation split); 0 = all", default=0)
+    val_size: int = key(between(0, CIFAR_TEST, f"the size of CIFAR-10's {CIFAR_TEST:,}-image "
+                                "test set; the clients train on the rest"),
+                        "class-balanced validation split held out of training: in-run "
+                        "evaluation, best.pt; 0 = none (test subset in-run, no best.pt)",
+                        default=500)
     eval_limit: int = key(between(0, CIFAR_TEST, f"CIFAR-10 has {CIFAR_TEST:,} test images; "
                                   "0 = all of them"),
-                          "central evaluation subset size; 0 = whole test set", default=500)
+                          "images per evaluation: of the validation split in-run, of the test "
+                          "set in the final evaluation; 0 = all", default=500)
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,18 @@ class TrainConfig:
     weight_clean: float = key(at_least(0.0), "loss weight of clean images", default=1.0)
     weight_adv: float = key(at_least(0.0), "loss weight of PGD images", default=1.0)
     weight_noise: float = key(at_least(0.0), "loss weight of noisy images", default=1.0)
+    objective: str = key(one_of(*OBJECTIVES), "loss of local training: mixed (the paper's "
+                         "clean + PGD + noise copies), trades, mart, fgsm-rs, calfat",
+                         default="mixed")
+    trades_beta: float = key(positive, "trades: weight of its KL term (Zhang et al.: 6)",
+                             default=6.0)
+    mart_beta: float = key(at_least(0.0), "mart: weight of its confidence-weighted KL term "
+                           "(Wang et al.: 6)", default=6.0)
+    fgsm_rs_step: float = key(positive, "fgsm-rs: FGSM step in units of attack.eps (Wong et "
+                              "al.: 1.25)", default=1.25)
+    calfat_scale: float = key(positive, "calfat: logit scale s of its calibrated CE(s*z + "
+                              "log prior) (1 = plain logit adjustment; the authors' code: 10)",
+                              default=1.0)
     amp: bool = key(None, "bf16 autocast on CUDA (ignored on CPU)", identity=False,
                     default=True)
     compile: bool = key(None, "torch.compile the model", identity=False, default=False)
@@ -246,6 +266,16 @@ class EvalConfig:
     every: int = key(between(1, MAX_ROUNDS, "fl.num-rounds is at most "
                              f"{MAX_ROUNDS:,}, and the last round is always evaluated"),
                      "central evaluation every N rounds (last always)", default=1)
+    # Only the post-hoc diagnostics.csv depends on these, and its rows record them: they
+    # do not define the experiment (a run keeps its name and can resume when they change).
+    diagnostic_images: int = key(between(1, CIFAR_TEST, f"CIFAR-10 has {CIFAR_TEST:,} test "
+                                         "images"),
+                                 "test images of the gradient-masking diagnostics (at most "
+                                 "the final evaluation's)", identity=False, default=200)
+    diagnostic_queries: int = key(between(1, 100_000, "20x AutoAttack's 5,000; each query is "
+                                          "a forward pass of the images still robust"),
+                                  "Square queries of the diagnostics' black-box check",
+                                  identity=False, default=1000)
 
 
 @dataclass(frozen=True)
@@ -255,6 +285,11 @@ class FLConfig:
                           "federated rounds (centralized: epochs / local-epochs)", default=3)
     partition: str = key(one_of("iid", "classes", "dirichlet"), "client data partition",
                          default="iid")
+    client_data: str = key(one_of("partition", "local"), "a node's training images: its "
+                           "partition of the data set (node config partition-id, "
+                           "num-partitions) or all images in its own data-dir (node config "
+                           "node-name, data-dir; G and evaluation data from the server's data.dir)",
+                           default="partition")
     classes_per_client: int = key(in_range(1, 10), "k for the k-classes scheme", default=2)
     dirichlet_alpha: float = key(positive, "concentration of the Dirichlet scheme",
                                  default=0.5)
@@ -355,7 +390,9 @@ class ExperimentConfig:
 
     def _check_across_keys(self) -> None:
         t = self.train
-        if not t.loss_parts():
+        if t.objective != "mixed":
+            self._check_objective()
+        elif not t.loss_parts():
             raise ConfigError(
                 f"invalid run config: no loss term is left (train.weight-clean="
                 f"{t.weight_clean}, train.adversarial={str(t.adversarial).lower()}, "
@@ -372,9 +409,39 @@ class ExperimentConfig:
                 "> 0 (e.g. 0.1: 10% of the training data, held back from the clients) or "
                 "fl.shared-share=0"
             )
+        if self.fl.client_data == "local" and self.fl.fraction_evaluate > 0:
+            raise ConfigError(
+                f"invalid run config: fl.fraction-evaluate={self.fl.fraction_evaluate} asks "
+                "nodes to evaluate on their own test images, which fl.client-data=local nodes "
+                "do not hold (their data-dir holds training images only); set "
+                "fl.fraction-evaluate=0: the server evaluates centrally on its data.dir"
+            )
         if self.resume and self.resume_from:
             raise ConfigError("invalid run config: set either resume=true or resume-from, "
                               "not both")
+
+    def _check_objective(self) -> None:
+        """What does not combine with an objective other than mixed (common.objectives)."""
+        t, name = self.train, f"train.objective={self.train.objective}"
+        if not t.adversarial:
+            raise ConfigError(
+                f"invalid run config: {name} trains on adversarial examples by definition; "
+                "train.adversarial=false only drops the PGD copies of train.objective=mixed. "
+                "Set train.adversarial=true, or train.objective=mixed for clean (+ noise) "
+                "training")
+        if t.weight_clean != 1.0 or t.weight_adv != 1.0:
+            raise ConfigError(
+                f"invalid run config: train.weight-clean={t.weight_clean} and "
+                f"train.weight-adv={t.weight_adv} weight the copies of train.objective=mixed; "
+                f"{name} has its own terms (weighted by train.trades-beta, train.mart-beta). "
+                "Leave both at 1.0, or use train.objective=mixed")
+        if not self.attack.random_start and t.objective in ("trades", "calfat", "fgsm-rs"):
+            why = ("is FGSM from a random start; from the clean image FGSM training "
+                   "overfits catastrophically (Wong et al. 2020)" if t.objective == "fgsm-rs"
+                   else "maximizes a KL divergence whose gradient is 0 at the clean image, "
+                   "so its attack must start at x + 0.001 N(0, I)")
+            raise ConfigError(f"invalid run config: {name} {why}; set "
+                              "attack.random-start=true")
 
     def to_flat(self) -> dict[str, Any]:
         return {k: _get(self, s.path) for k, s in _specs().items()}

@@ -3,7 +3,9 @@
 Every node calls these with the same labels, scheme, seed and num-partitions and so derives the
 same split without talking to the others. All indices refer to the full training set.
 
-  available = class-balanced subset (data.train-limit) of the training set
+  val       = class-balanced, seeded subset (data.val-size) of the training set: the
+              server's validation split, held out before anything else is drawn
+  available = class-balanced subset (data.train-limit) of the training set minus val
   G         = class-uniform, seeded, size beta*|available|   (the shared pool, server-side)
   pool      = available minus G                               (what clients split)
   partition = IID | k classes per client | Dirichlet(alpha) split of pool
@@ -22,6 +24,7 @@ DIRICHLET_MAX_ATTEMPTS = 1000
 
 # Tags keep the random streams of different purposes independent for one seed.
 _TAG_SUBSET, _TAG_POOL, _TAG_SPLIT, _TAG_SHARE, _TAG_CLASSES, _TAG_EVAL = 11, 12, 13, 14, 15, 16
+_TAG_VAL = 17
 
 
 def _rng(seed: int, tag: int, *extra: int) -> np.random.Generator:
@@ -32,9 +35,28 @@ class PartitionError(ValueError):
     """The requested split cannot be made from these labels."""
 
 
-def available_indices(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """The training images a run uses: see balanced_subset."""
-    return balanced_subset(labels, limit, _rng(seed, _TAG_SUBSET))
+def validation_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The validation split: `size` class-balanced training images (sorted) that no client
+    and no shared pool ever holds; checkpoints are selected on it, never on the test set."""
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    if size >= labels.size:
+        raise PartitionError(
+            f"data.val-size={size} would take all {labels.size:,} training images of this data "
+            "folder and leave none to train on; lower data.val-size (e.g. 500), or 0 to select "
+            "no checkpoint and evaluate on the test subset during the run"
+        )
+    return balanced_subset(labels, size, _rng(seed, _TAG_VAL))
+
+
+def available_indices(labels: np.ndarray, limit: int, seed: int,
+                      val_size: int = 0) -> np.ndarray:
+    """The training images a run trains on: a balanced subset of size `limit` (all when 0 or
+    more than there are) of the images outside the validation split. With val_size 0 this is
+    the subset of earlier versions, image for image."""
+    rest = np.setdiff1d(np.arange(labels.size), validation_indices(labels, val_size, seed),
+                        assume_unique=True)
+    return rest[balanced_subset(labels[rest], limit, _rng(seed, _TAG_SUBSET))]
 
 
 def balanced_subset(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,8 +75,16 @@ def balanced_subset(labels: np.ndarray, limit: int, rng: np.random.Generator) ->
 
 
 def eval_indices(test_labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """The fixed, class-balanced evaluation subset of the test set."""
+    """The fixed, class-balanced evaluation subset of an evaluation set (the test set, or the
+    validation split during a run)."""
     return balanced_subset(test_labels, limit, _rng(seed, _TAG_EVAL))
+
+
+def in_run_eval_size(val_size: int, eval_limit: int, test_images: int) -> int:
+    """Images of each in-run evaluation (server/central.py): data.eval-limit of the
+    validation split, or of the test set when there is no split; 0 = all of it."""
+    pool = val_size if val_size > 0 else test_images
+    return min(eval_limit, pool) if eval_limit else pool
 
 
 def shared_pool(labels: np.ndarray, candidates: np.ndarray, beta: float, seed: int) -> np.ndarray:
@@ -110,6 +140,12 @@ def check_classes_cover(num_partitions: int, k: int) -> None:
 def check_split(cfg, num_partitions: int) -> None:
     """What can be checked about a config's split before any data is loaded (the harness
     calls this before Flower starts; the nodes hit the same checks in make_plan)."""
+    if cfg.fl.client_data == "local":
+        raise PartitionError(
+            "fl.client-data=local needs SuperNodes that each hold their own data folder and "
+            "node-name (docs/deploy.md, \"Bring your own data\"); the simulation's nodes "
+            "share data.dir, so use fl.client-data=partition here"
+        )
     if cfg.fl.partition == "classes":
         check_classes_cover(num_partitions, cfg.fl.classes_per_client)
 
@@ -176,6 +212,7 @@ def make_plan(
     seed: int,
     *,
     train_limit: int = 0,
+    val_size: int = 0,
     shared_fraction: float = 0.0,
     classes_per_client: int = 2,
     dirichlet_alpha: float = 0.5,
@@ -187,7 +224,7 @@ def make_plan(
     if num_partitions < 1:
         raise PartitionError(f"num-partitions must be >= 1, got {num_partitions}")
     labels = np.asarray(labels)
-    available = available_indices(labels, train_limit, seed)
+    available = available_indices(labels, train_limit, seed, val_size)
     shared = shared_pool(labels, available, shared_fraction, seed)
     pool = np.setdiff1d(available, shared, assume_unique=True)
     rng = _rng(seed, _TAG_SPLIT, num_partitions)
@@ -204,7 +241,7 @@ def make_plan(
 
 def shared_plan(cfg, labels: np.ndarray) -> DataPlan:
     """The server's part of a config's DataPlan: G (for the shares), no client partitions."""
-    available = available_indices(labels, cfg.data.train_limit, cfg.seed)
+    available = available_indices(labels, cfg.data.train_limit, cfg.seed, cfg.data.val_size)
     return DataPlan(shared=shared_pool(labels, available, cfg.fl.shared_pool, cfg.seed),
                     partitions=())
 
@@ -214,7 +251,8 @@ def split_for(cfg, labels: np.ndarray, num_partitions: int) -> DataPlan:
     fl = cfg.fl
     return make_plan(
         labels, fl.partition, num_partitions, cfg.seed,
-        train_limit=cfg.data.train_limit, shared_fraction=fl.shared_pool,
+        train_limit=cfg.data.train_limit, val_size=cfg.data.val_size,
+        shared_fraction=fl.shared_pool,
         classes_per_client=fl.classes_per_client, dirichlet_alpha=fl.dirichlet_alpha,
         min_partition_size=fl.min_partition_size,
     )

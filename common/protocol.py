@@ -34,6 +34,11 @@ TRAIN_METRIC_KEYS = (
     "train_steps", "train_seconds",
 )
 HELLO_METRIC_KEYS = ("partition-id", "num-partitions", "num-examples")
+# The hello reply's ConfigRecord: "node-name" (fl.client-data=local) and, when the node cannot
+# take part (its node config or data is broken), "problem": why, naming the node and the file.
+NODE = "node"
+# "partition-id" in hello and train replies carries the client key (common.client_key): the
+# partition id, or in local mode the key of the node-name.
 
 
 def train_settings(cfg: ExperimentConfig, server_round: int) -> TrainSettings:
@@ -59,6 +64,11 @@ def train_settings(cfg: ExperimentConfig, server_round: int) -> TrainSettings:
         steps=a.steps,
         random_start=a.random_start,
         amp=t.amp,
+        objective=t.objective,
+        trades_beta=t.trades_beta,
+        mart_beta=t.mart_beta,
+        fgsm_rs_step=t.fgsm_rs_step,
+        calfat_scale=t.calfat_scale,
     )
 
 
@@ -82,10 +92,11 @@ def settings_from_record(record: dict[str, Any]) -> TrainSettings:
     return TrainSettings(**{k: values[k] for k in names})
 
 
-def client_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """The seed of one client's local training in one round: independent of node ids and
-    of which other clients took part, so resumed and repeated runs train identically."""
-    return int(np.random.SeedSequence([seed, 101, server_round, partition_id])
+def client_seed(seed: int, server_round: int, key: int) -> int:
+    """The seed of one client's local training in one round (key: common.client_key):
+    independent of node ids and of which other clients took part, so resumed and repeated
+    runs train identically."""
+    return int(np.random.SeedSequence([seed, 101, server_round, key])
                .generate_state(1)[0])
 
 

@@ -97,8 +97,9 @@ def save_torch(path: Path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-# Flower node ids are unsigned 64-bit: as numbers they would round through float64.
-TEXT_COLUMNS = {"node_id": str}
+# Flower node ids are unsigned 64-bit: as numbers they would round through float64. Node
+# names (fl.client-data=local) are text even when they look like numbers ("007").
+TEXT_COLUMNS = {"node_id": str, "node_name": str}
 
 
 def read_csv(path: Path) -> pd.DataFrame:

@@ -1,8 +1,10 @@
-"""Local adversarial training: every batch is clean + PGD + Gaussian-noise copies, soft labels.
+"""Local adversarial training: by default every batch is clean + PGD + Gaussian-noise copies,
+soft labels (the `mixed` objective; common.objectives has the others: trades, mart, fgsm-rs,
+calfat).
 
-The three parts go through the model as one concatenated batch (one forward/backward), each
-part weighted in the loss. Images stay uint8 on the training device; crop/flip, PGD and
-noise are batched tensor ops there. The loop never synchronises with the host: statistics
+An objective's copies go through the model as one concatenated batch (one forward/backward),
+each term weighted in the loss. Images stay uint8 on the training device; crop/flip, attacks
+and noise are batched tensor ops there. The loop never synchronises with the host: statistics
 are summed on the device and read once at the end.
 """
 
@@ -13,11 +15,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import schedules
-from .attacks import pgd
+from . import objectives, schedules
 from .data import augment
 
 NUM_CLASSES = 10
@@ -46,9 +46,14 @@ class TrainSettings:
     steps: int = 10
     random_start: bool = True
     amp: bool = True  # bf16 autocast, CUDA only
+    objective: str = "mixed"  # common.objectives.NAMES
+    trades_beta: float = 6.0
+    mart_beta: float = 6.0
+    fgsm_rs_step: float = 1.25  # in units of eps
+    calfat_scale: float = 1.0
 
     def part_weights(self) -> dict[str, float]:
-        """Normalized loss weights of the parts that are actually used."""
+        """Normalized loss weights of the parts the mixed objective actually uses."""
         parts = {"clean": self.weight_clean}
         if self.adversarial:
             parts["adv"] = self.weight_adv
@@ -63,6 +68,11 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class TrainStats:
+    """Means over the call. The losses are the objective's terms (common.objectives): clean,
+    adversarial (its KL for trades, its whole loss for mart) and noise; 0 when not a term.
+    clean_acc is the accuracy on the first copy of each batch: the clean one unless the
+    objective has none (fgsm-rs, calfat, mixed with weight-clean 0)."""
+
     num_examples: int
     steps: int
     loss: float
@@ -155,7 +165,8 @@ def train(
         model.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)  # RReLU and anything else that draws from the global stream
     gen = torch.Generator(device=device).manual_seed(seed)
-    weights = settings.part_weights()
+    objective = objectives.build(settings, labels, NUM_CLASSES)
+    weights = objective.weights
     parts = list(weights)
     w = torch.tensor([weights[p] for p in parts], device=device)
     optimizer = optimizer or make_optimizer(model, settings)
@@ -179,22 +190,9 @@ def train(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs = [x]
             with fast.context(device):
-                if "adv" in weights:
-                    inputs.append(pgd(model, x, y, settings.eps, settings.step, settings.steps,
-                                      settings.random_start, generator=gen))
-                if "noise" in weights:
-                    noise = torch.randn(x.shape, device=device, generator=gen)
-                    inputs.append((x + settings.noise_std * noise).clamp_(0.0, 1.0))
-                if "clean" not in weights:
-                    inputs.pop(0)
-                logits = model(torch.cat(inputs)).float()
-            per_sample = F.cross_entropy(
-                logits, y.repeat(len(inputs)), label_smoothing=settings.label_smoothing,
-                reduction="none",
-            ).view(len(inputs), -1)
-            part_means = per_sample.mean(1)
+                logits = model(torch.cat(objective.copies(model, x, y, gen))).float()
+            part_means = objective.terms(logits, y)
             loss = (part_means * w).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -55,8 +55,20 @@ def superlink(database: str, host: str = "0.0.0.0", port: int = SUPERLINK_PORT,
 
 
 def node_config(partition_id: int, num_partitions: int, data_dir: str | None = None) -> str:
+    """fl.client-data=partition: the node's partition of the data set in data_dir."""
     text = f"partition-id={partition_id} num-partitions={num_partitions}"
     return text + (f" data-dir='{data_dir}'" if data_dir else "")
+
+
+def node_name(i: int) -> str:
+    """Node i's node-name and folder in the output of deploy.split and in the compose files
+    (its credentials from deploy.certs are node-<i> too)."""
+    return f"node-{i}"
+
+
+def local_node_config(name: str, data_dir: str) -> str:
+    """fl.client-data=local: the node's name and the folder of its own images."""
+    return f"node-name='{name}' data-dir='{data_dir}'"
 
 
 def supernode(superlink_address: str, partition_id: int, num_partitions: int,
@@ -64,6 +76,21 @@ def supernode(superlink_address: str, partition_id: int, num_partitions: int,
               tls: Tls | None = None, auth_key: Path | None = None,
               host: str | None = None, isolation: str = "subprocess") -> list[str]:
     """flower-supernode for one data silo (its partition and where its data lives)."""
+    return _supernode(superlink_address, node_config(partition_id, num_partitions, data_dir),
+                      port, tls, auth_key, host, isolation)
+
+
+def local_supernode(superlink_address: str, name: str, data_dir: str,
+                    port: int = SUPERNODE_PORT, tls: Tls | None = None,
+                    auth_key: Path | None = None, host: str | None = None,
+                    isolation: str = "subprocess") -> list[str]:
+    """flower-supernode for a silo that holds only its own images (fl.client-data=local)."""
+    return _supernode(superlink_address, local_node_config(name, data_dir), port, tls,
+                      auth_key, host, isolation)
+
+
+def _supernode(superlink_address: str, config: str, port: int, tls: Tls | None,
+               auth_key: Path | None, host: str | None, isolation: str) -> list[str]:
     cmd = ["flower-supernode"]
     cmd += ["--insecure"] if tls is None else ["--root-certificates", str(tls.ca)]
     if auth_key is not None:
@@ -71,8 +98,7 @@ def supernode(superlink_address: str, partition_id: int, num_partitions: int,
     cmd += ["--superlink", superlink_address, "--isolation", isolation]
     if host:  # only for an executor in another container: the runtime API must listen there
         cmd += ["--host", host]
-    return cmd + ["--port", str(port),
-                  "--node-config", node_config(partition_id, num_partitions, data_dir)]
+    return cmd + ["--port", str(port), "--node-config", config]
 
 
 def connection(name: str, address: str, tls: Tls | None = None) -> str:

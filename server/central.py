@@ -1,28 +1,37 @@
-"""Central evaluation of the global model on a fixed, seeded, class-balanced test subset."""
+"""Central evaluation of the global model during the run, on a fixed, seeded, class-balanced
+subset: of the validation split (data.val-size > 0, the default), so that choosing best.pt
+never looks at the test set; of the test set only when a run holds no validation split.
+
+data.eval-limit caps the images of either (a class-balanced part; 0 or more = all of them).
+"""
 
 from __future__ import annotations
 
 import time
+from logging import INFO, WARNING
 
 import torch
+from flwr.common.logger import log
 
 from common import protocol
 from common.config import ExperimentConfig
 from common.data import Cifar10
 from common.evaluation import EvalSettings, columns, evaluate
 from common.models import build_model
-from common.partition import eval_indices
+from common.partition import eval_indices, validation_indices
 
 
 class CentralEvaluator:
     def __init__(self, cfg: ExperimentConfig, data: Cifar10, device: torch.device) -> None:
-        idx = torch.from_numpy(eval_indices(data.test_y.numpy(), cfg.data.eval_limit, cfg.seed))
-        self.images = data.test_x[idx].to(device)
-        self.labels = data.test_y[idx].to(device)
+        images, labels, self.eval_set = evaluation_set(cfg, data)
+        idx = torch.from_numpy(eval_indices(labels.numpy(), cfg.data.eval_limit, cfg.seed))
+        self.images = images[idx].to(device)
+        self.labels = labels[idx].to(device)
         self.settings = EvalSettings.from_config(cfg.eval)
         self.cfg = cfg
         self.model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
         self.model.to(device)
+        _log_split(cfg, data, self.eval_set, int(self.images.shape[0]))
 
     @property
     def columns(self) -> list[str]:
@@ -35,4 +44,31 @@ class CentralEvaluator:
                            seed=protocol.eval_seed(self.cfg.seed, server_round))
         metrics["eval_seconds"] = time.perf_counter() - started
         metrics["eval_examples"] = int(self.images.shape[0])
+        metrics["eval_set"] = self.eval_set
         return metrics
+
+
+def evaluation_set(cfg: ExperimentConfig, data: Cifar10) -> tuple[torch.Tensor, torch.Tensor,
+                                                                   str]:
+    """(images, labels, "val" or "test") the in-run evaluation draws its subset from."""
+    if cfg.data.val_size > 0:
+        idx = torch.from_numpy(validation_indices(data.train_y.numpy(), cfg.data.val_size,
+                                                  cfg.seed))
+        return data.train_x[idx], data.train_y[idx], "val"
+    return data.test_x, data.test_y, "test"
+
+
+def _log_split(cfg: ExperimentConfig, data: Cifar10, eval_set: str, examples: int) -> None:
+    if eval_set == "test":
+        log(WARNING, "data.val-size=0: the in-run evaluation uses %d test images and no "
+            "best.pt is selected; set data.val-size > 0 to select checkpoints without the "
+            "test set", examples)
+        return
+    outside = data.train_y.numel() - cfg.data.val_size
+    log(INFO, "Validation split: %d training images held out of every client and of G; the "
+        "in-run evaluation uses %d of them, best.pt the best round on them", cfg.data.val_size,
+        examples)
+    if cfg.data.train_limit > outside:
+        log(INFO, "data.train-limit=%d is more than the %d training images outside the "
+            "validation split: the run trains on all %d", cfg.data.train_limit, outside,
+            outside)

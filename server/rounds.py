@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 
 from common import progress_lines, protocol
 from common.config import ExperimentConfig
+from common.objectives import OverfitWatch
 
 from .central import CentralEvaluator
 from .messaging import RoundReporter, exchange
@@ -61,6 +62,7 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
     if start_round > cfg.fl.num_rounds:
         recover_last_row(cfg, store, strategy, evaluator, arrays)
     started = time.perf_counter()
+    watch = OverfitWatch.for_run(cfg, evaluator.images, evaluator.labels)  # fgsm-rs only
     for rnd in range(start_round, cfg.fl.num_rounds + 1):
         t0 = time.perf_counter()
         try:
@@ -102,6 +104,10 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
             "train_seconds": t_train,
         }
         state = strategy.to_state(arrays)
+        if watch is not None:  # every round, evaluated or not: it collapses within an epoch
+            row.update(watch(evaluator.model, state, protocol.eval_seed(cfg.seed, rnd)))
+            if row["catastrophic_overfitting"]:
+                log(WARNING, "Round %d: %s", rnd, watch.warning())
         if rnd % cfg.eval.every == 0 or rnd == cfg.fl.num_rounds:
             store.set_status("running", rnd - 1, phase=f"round {rnd}: evaluating")
             log(INFO, progress_lines.round_evaluating(

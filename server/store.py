@@ -7,8 +7,11 @@
                  examples, losses, whether the shared-pool share was sent
   checkpoint.pt  the global model after the last finished round (+ round, config identity),
                  written after that round's rows: a checkpoint implies its rows
+  best.pt        the model of the round with the best validation robust accuracy (see
+                 best_round), with that round: a dict like checkpoint.pt's; none when the
+                 run holds no validation split (data.val-size=0)
   final.pt       the final global model, written when the run finishes
-  status.json    running / finished / stopped / failed, last round, reason
+  status.json    running / finished / stopped / failed, last round, reason, best.pt's round
 Every file is replaced atomically, so a crash leaves the previous complete version.
 """
 
@@ -19,9 +22,11 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from common import results
@@ -41,6 +46,39 @@ class ResumePoint:
     state_dict: dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Best:
+    round: int
+    column: str
+    value: float
+
+
+def selection_column(rounds: pd.DataFrame) -> str:
+    """The validation robust accuracy best.pt is chosen on: worst_acc, the plain model's
+    accuracy under the union of eval.attacks' L-inf attacks (an image counts only if it is
+    right clean and under every one; deterministic, unlike the noise columns); natural_acc
+    when the list holds no L-inf attack."""
+    return "worst_acc" if "worst_acc" in rounds.columns else "natural_acc"
+
+
+def best_round(rounds: pd.DataFrame, up_to: int) -> Best | None:
+    """Among the rounds <= up_to evaluated on the validation split, the one with the highest
+    validation robust accuracy, the earliest on a tie (robust overfitting: the last round is
+    often not the most robust one). None when no round was evaluated on it. Rows evaluated
+    on the test set never compete: nothing is selected on the test set."""
+    if rounds.empty or "eval_set" not in rounds.columns:
+        return None
+    column = selection_column(rounds)
+    if column not in rounds.columns:
+        return None
+    rows = rounds[(rounds["eval_set"] == "val") & (rounds["round"] <= up_to)]
+    rows = rows.dropna(subset=[column]).sort_values("round", kind="stable")
+    if rows.empty:
+        return None
+    top = rows.loc[rows[column].idxmax()]  # the first maximum: the earliest round
+    return Best(int(top["round"]), column, float(top[column]))
+
+
 def _versions() -> dict[str, str]:
     import flwr
 
@@ -48,14 +86,19 @@ def _versions() -> dict[str, str]:
             "flwr": flwr.__version__}
 
 
+_UNREAD = object()
+
+
 class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._best_saved: Any = _UNREAD  # the round best.pt holds, read once
 
     rounds_csv = property(lambda self: self.root / "rounds.csv")
     clients_csv = property(lambda self: self.root / "clients.csv")
     checkpoint_path = property(lambda self: self.root / "checkpoint.pt")
     final_path = property(lambda self: self.root / "final.pt")
+    best_path = property(lambda self: self.root / "best.pt")
     status_path = property(lambda self: self.root / "status.json")
     config_path = property(lambda self: self.root / "config.json")
 
@@ -101,6 +144,8 @@ class RunStore:
         store, resume = cls.locate(cfg)
         if resume is None:
             store.write_config(cfg)
+        else:
+            store._repair_best(resume)
         return store, resume
 
     def write_config(self, cfg: ExperimentConfig) -> None:
@@ -160,10 +205,13 @@ class RunStore:
     def finish_round(self, cfg: ExperimentConfig, row: dict[str, Any],
                      client_rows: list[dict[str, Any]],
                      state_dict: dict[str, torch.Tensor]) -> None:
-        """A round's rows, then its checkpoint: a kill between the two repeats the round on
-        resume (which replaces its rows); the other order would lose the rows for good."""
+        """A round's rows, then its checkpoint, then best.pt if the round is the best: a kill
+        between the first two repeats the round on resume (which replaces its rows); the
+        other order would lose the rows for good. A kill before best.pt is repaired on
+        resume from the checkpoint (_repair_best)."""
         self.record_round(row, client_rows)
         self.save_checkpoint(cfg, int(row["round"]), state_dict)
+        self.keep_best(int(row["round"]), state_dict)
 
     def record_round(self, row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
         """Add a round's rows, replacing every earlier row of that round: a repeated round
@@ -181,7 +229,53 @@ class RunStore:
         })
 
     def save_final(self, state_dict: dict[str, torch.Tensor]) -> None:
+        rounds = results.read_csv(self.rounds_csv)
+        if not rounds.empty:  # a last row recovered after a kill (rounds.recover_last_row)
+            self.keep_best(int(rounds["round"].max()), state_dict)
         results.save_torch(self.final_path, state_dict)
+
+    def keep_best(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> None:
+        """Write best.pt from `state_dict`, the model of `server_round`, when the rows up to
+        that round make it the best round and best.pt does not hold it yet. The best so far
+        is always recomputed from rounds.csv, so a resumed run needs no other state."""
+        from flwr.common.logger import log
+
+        best = best_round(results.read_csv(self.rounds_csv), up_to=server_round)
+        if best is None or best.round != server_round or self.best_saved() == best.round:
+            return
+        results.save_torch(self.best_path, {
+            "format": CHECKPOINT_FORMAT, "round": best.round, "model": state_dict,
+            "metric": best.column, "value": best.value,
+        })
+        self._best_saved = best.round
+        log(INFO, "best.pt: round %d, %s %.4f on the validation split", best.round,
+            best.column, best.value)
+
+    def best_saved(self) -> int | None:
+        """The round best.pt holds; None when there is none (or it cannot be read)."""
+        if self._best_saved is _UNREAD:
+            self._best_saved = None
+            if self.best_path.is_file():
+                try:
+                    best = torch.load(self.best_path, map_location="cpu", weights_only=True)
+                    self._best_saved = int(best["round"])
+                except Exception:  # unreadable: as if absent, rewritten when it can be
+                    pass
+        return self._best_saved
+
+    def _repair_best(self, resume: ResumePoint) -> None:
+        """On resume: a kill between a round's checkpoint and its best.pt leaves best.pt
+        behind; the checkpoint holds that round's model, so it is written now."""
+        from flwr.common.logger import log
+
+        done = resume.next_round - 1
+        self.keep_best(done, resume.state_dict)
+        best = best_round(results.read_csv(self.rounds_csv), up_to=done)
+        if best is not None and self.best_saved() != best.round:
+            log(WARNING, "best.pt should hold round %d (the best %s on the validation split "
+                "so far) but holds %s and that model is gone; best.pt will be written again "
+                "only when a later round beats round %d", best.round, best.column,
+                self.best_saved(), best.round)
 
     def set_status(self, status: str, last_round: int, reason: str = "",
                    phase: str = "") -> None:
@@ -189,7 +283,7 @@ class RunStore:
         while running, what the run is doing now (for people and scripts that watch)."""
         results.write_json(self.status_path, {
             "status": status, "last_round": last_round, "reason": reason, "phase": phase,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "best_round": self.best_saved(), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
     def status(self) -> dict[str, Any]:

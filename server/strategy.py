@@ -2,14 +2,17 @@
 
 `make_strategy` returns a subclass of Flower's FedAvg (or of FedMedian / FedTrimmedAvg /
 Krum, themselves FedAvg subclasses) with the SharedPool behaviour mixed in:
-- nodes are introduced with a hello query (partition-id, num-partitions, data check) and
-  sampled without the unbounded wait of Flower's sampler;
+- nodes are introduced with a hello query (who they are, how many images they hold, after a
+  check that those load) and sampled without the unbounded wait of Flower's sampler; a node
+  whose node config or data is broken, or (fl.client-data=local) whose node-name a connected
+  node already has, is refused with the reason: logged, and a clients.csv row;
 - each train message carries the round's settings and, the first time a node is seen or
   whenever the node no longer holds it, the node's alpha-share of G as uint8 arrays;
 - the model travels packed, one vector per dtype (common.packing): ~200 fewer SuperLink
   requests per message;
-- clients are sampled by partition id, not node id (node ids are new in every run), so a
-  resumed or repeated run trains the same clients;
+- clients are sampled by client key (common.client_key: the partition id, or the key of the
+  node-name), not node id (node ids are new in every run), so a resumed or repeated run
+  trains the same clients, and a returning node gets the same share and seed stream;
 - replies with non-finite values, wrong shapes or wrong dtypes, or that claim more examples
   than the node holds, are rejected before aggregation; failures are attributed to their
   node; every outcome becomes a row of clients.csv.
@@ -30,6 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from common import protocol
+from common.client_key import name_problem, of_name
 from common.config import ExperimentConfig
 from common.packing import Layout, pack, unpack
 from common.partition import DataPlan
@@ -43,10 +47,15 @@ class NotEnoughNodes(RuntimeError):
 
 @dataclass
 class NodeInfo:
-    partition_id: int
-    num_partitions: int
-    num_examples: int  # its partition, as announced at hello (without its share of G)
+    key: int  # its client key (common.client_key): partition id, or the key of its name
+    num_partitions: int  # 0 in local mode
+    num_examples: int  # its own images, as announced at hello (without its share of G)
     share_hash: str = ""  # the share this node is known to hold ("" = none yet)
+    name: str = ""  # its node-name (fl.client-data=local)
+
+    @property
+    def label(self) -> str:
+        return f"node-name {self.name!r}" if self.name else f"partition {self.key}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ class SharedPool:
         self._shares: dict[int, Share] = {}
         self.nodes: dict[int, NodeInfo] = {}
         self.refused: dict[int, str] = {}  # node id -> why it cannot take part
+        self.local = cfg.fl.client_data == "local"
+        # Refused for a node-name a connected node holds: admitted when that node leaves.
+        self._waiting: dict[int, NodeInfo] = {}
+        self._refusal_rows: list[dict[str, Any]] = []  # for the next round's clients.csv
         self._num_partitions: int | None = None
         self._sent: list[Message] = []
         self.client_rows: list[dict[str, Any]] = []
@@ -83,50 +96,114 @@ class SharedPool:
 
     # --- nodes -----------------------------------------------------------------------------
 
-    def share_for(self, partition_id: int) -> Share:
-        if partition_id not in self._shares:
-            idx = self._plan.share(partition_id, self.cfg.fl.shared_share, self.cfg.seed)
+    def share_for(self, key: int) -> Share:
+        """The share of G of the client with this key (common.client_key)."""
+        if key not in self._shares:
+            idx = self._plan.share(key, self.cfg.fl.shared_share, self.cfg.seed)
             x, y = self._train_x[idx], self._train_y[idx]
-            self._shares[partition_id] = Share(x, y, protocol.content_hash(x, y))
-        return self._shares[partition_id]
+            self._shares[key] = Share(x, y, protocol.content_hash(x, y))
+        return self._shares[key]
+
+    def _names(self, info: NodeInfo | None) -> dict[str, Any]:
+        """The clients.csv columns that say which client a row is about."""
+        if self.local:
+            return {"node_name": info.name if info else ""}
+        return {"partition_id": info.key if info else -1}
 
     def _introduce(self, grid: Grid, node_ids: list[int]) -> None:
-        """Ask new nodes who they are; refuse those whose node config or data is broken."""
+        """Ask new nodes who they are; admit or refuse each (see greet). The replies are
+        taken in the order the nodes came online, so that of two nodes with one node-name the
+        one that joined the federation first keeps it."""
         messages = [Message(RecordDict({protocol.CONFIG: ConfigRecord({})}),
                             dst_node_id=n, message_type=protocol.HELLO) for n in node_ids]
         replies, sent = exchange(grid, messages, timeout=self.cfg.fl.hello_timeout)
-        for reply in replies:
-            node = sent.get(reply.metadata.reply_to_message_id)
-            if node is None:
-                continue
-            if reply.has_error():
-                self.refused[node] = f"hello failed: {reply.error.reason}"
-                log(WARNING, "Node %d cannot take part: %s", node, reply.error.reason)
-                continue
-            m = reply.content[protocol.METRICS]
-            info = NodeInfo(int(m["partition-id"]), int(m["num-partitions"]),
-                            int(m["num-examples"]))
+        by_node = {sent[r.metadata.reply_to_message_id]: r for r in replies
+                   if r.metadata.reply_to_message_id in sent}
+        online_since = {n.node_id: str(n.last_activated_at or "") for n in grid.get_nodes()}
+        connected = set(connected_nodes(grid))
+        for node in sorted(by_node, key=lambda n: (online_since.get(n, ""), n)):
+            self.greet(node, by_node[node], connected)
+
+    def greet(self, node: int, reply: Message, connected: set[int]) -> None:
+        """Admit `node` from its hello reply, or refuse it: a failed hello, a node that says
+        why it cannot take part, a num-partitions unlike the others' (partition mode), a
+        missing, taken or colliding node-name (local mode)."""
+        if reply.has_error():
+            self._refuse(node, f"hello failed: {reply.error.reason}")
+            return
+        said = reply.content[protocol.NODE] if protocol.NODE in reply.content else {}
+        name = str(said.get("node-name", ""))
+        if said.get("problem"):
+            self._refuse(node, str(said["problem"]), NodeInfo(-1, 0, 0, name=name))
+            return
+        m = reply.content[protocol.METRICS]
+        info = NodeInfo(int(m["partition-id"]), int(m["num-partitions"]),
+                        int(m["num-examples"]), name=name if self.local else "")
+        if self.local:
+            problem = name_problem(name)
+            if problem:
+                self._refuse(node, f"the hello reply's {problem}; is every node running "
+                             "this RobustFL version?")
+                return
+            info.key = of_name(name)  # the server's own derivation, not the node's claim
+            holder = self._holder(name, connected, besides=node)
+            if holder is not None:
+                self._refuse(node, (
+                    f"node-name {name!r} is taken by node {holder}, which is connected; give "
+                    f"every node its own node-name (node {node} takes part as {name!r} only "
+                    f"if node {holder} leaves)"), info)
+                self._waiting[node] = info
+                return
+            clash = next((i.name for i in self.nodes.values()
+                          if i.key == info.key and i.name != name), None)
+            if clash is not None:
+                self._refuse(node, f"node-name {name!r} has the client key of {clash!r}; "
+                             "rename one of the two", info)
+                return
+        else:
             if self._num_partitions is None:
                 self._num_partitions = info.num_partitions
             if info.num_partitions != self._num_partitions:
-                self.refused[node] = (
+                self._refuse(node, (
                     f"num-partitions={info.num_partitions} differs from the "
-                    f"{self._num_partitions} of the other nodes; give every node the same"
-                )
-                log(WARNING, "Node %d refused: %s", node, self.refused[node])
-                continue
-            self.nodes[node] = info
-            log(INFO, "Node %d holds partition %d/%d (%d images)", node, info.partition_id,
-                info.num_partitions, info.num_examples)
+                    f"{self._num_partitions} of the other nodes; give every node the same"),
+                    info)
+                return
+        self.nodes[node] = info
+        log(INFO, "Node %d holds %s%s (%d images)", node, info.label,
+            "" if self.local else f"/{info.num_partitions}", info.num_examples)
+
+    def _holder(self, name: str, connected: set[int], besides: int) -> int | None:
+        """The connected, admitted node that has node-name `name`, if any."""
+        return next((n for n, i in self.nodes.items()
+                     if i.name == name and n in connected and n != besides), None)
+
+    def _refuse(self, node: int, reason: str, info: NodeInfo | None = None) -> None:
+        self.refused[node] = reason
+        log(WARNING, "Node %d refused: %s", node, reason)
+        self._refusal_rows.append({"node_id": str(node), **self._names(info), "share_sent": 0,
+                                   "status": "refused", "reason": reason.strip()[:500]})
+
+    def _admit_waiting(self, connected: set[int]) -> None:
+        """A node refused for a taken node-name takes part once the holder has left (it is
+        that node back, e.g. restarted before its old id was seen to go offline)."""
+        for node, info in list(self._waiting.items()):
+            if node not in connected:
+                del self._waiting[node]
+            elif self._holder(info.name, connected, besides=node) is None:
+                del self._waiting[node], self.refused[node]
+                self.nodes[node] = info
+                log(INFO, "Node %d takes part as node-name %r: the node that had it left",
+                    node, info.name)
 
     def usable_nodes(self, grid: Grid) -> list[int]:
-        """Connected, introduced nodes; per partition only the most recently joined one
+        """Connected, introduced nodes; per client key only the most recently joined one
         (a restarted node gets a new id while its old id may still look connected)."""
         connected = set(connected_nodes(grid))
         latest: dict[int, int] = {}
         for node, info in self.nodes.items():  # insertion order = order of joining
             if node in connected:
-                latest[info.partition_id] = node
+                latest[info.key] = node
         return sorted(latest.values())
 
     def ready_nodes(self, grid: Grid) -> list[int]:
@@ -136,10 +213,12 @@ class SharedPool:
 
         def ready() -> bool:
             nonlocal usable
-            new = [n for n in connected_nodes(grid) if n not in self.nodes
-                   and n not in self.refused]
+            connected = connected_nodes(grid)
+            new = [n for n in connected if n not in self.nodes and n not in self.refused]
             if new:
                 self._introduce(grid, new)
+            if self._waiting:
+                self._admit_waiting(set(connected))
             usable = self.usable_nodes(grid)
             return len(usable) >= minimum
 
@@ -157,16 +236,16 @@ class SharedPool:
 
     def _sample(self, nodes: list[int], fraction: float, server_round: int,
                 tag: int) -> list[int]:
-        """The nodes of the partitions drawn for this round (see sample_partitions)."""
-        node_of = {self.nodes[n].partition_id: n for n in nodes}
+        """The nodes of the clients drawn for this round (see sample_partitions)."""
+        node_of = {self.nodes[n].key: n for n in nodes}
         drawn = sample_partitions(list(node_of), fraction, self.cfg.fl.min_nodes,
                                   self.cfg.seed, server_round, tag)
         return sorted(node_of[p] for p in drawn)
 
     def max_examples(self, node: int) -> int:
-        """The most examples `node` can train on: its partition plus its share of G."""
+        """The most examples `node` can train on: its own images plus its share of G."""
         info = self.nodes[node]
-        return info.num_examples + len(self.share_for(info.partition_id).y)
+        return info.num_examples + len(self.share_for(info.key).y)
 
     # --- training --------------------------------------------------------------------------
 
@@ -178,7 +257,7 @@ class SharedPool:
         model_bytes = sum(len(a.data) for a in arrays.values())
         self._sent = []
         for node in nodes:
-            share = self.share_for(self.nodes[node].partition_id)
+            share = self.share_for(self.nodes[node].key)
             content = RecordDict({
                 protocol.ARRAYS: arrays,
                 protocol.CONFIG: ConfigRecord({**config, **settings,
@@ -200,15 +279,15 @@ class SharedPool:
         node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
         share_sent = {m.metadata.dst_node_id: protocol.SHARE in m.content for m in self._sent}
         reference = next(iter(m.content[protocol.ARRAYS] for m in self._sent), None)
-        self.client_rows = []
+        self.client_rows = [{"round": server_round, **r} for r in self._refusal_rows]
+        self._refusal_rows = []
         valid: list[tuple[int, Message]] = []
         answered = set()
         for reply in replies:
             node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             answered.add(node)
             info = self.nodes.get(node)
-            row = {"round": server_round, "node_id": str(node),
-                   "partition_id": info.partition_id if info else -1,
+            row = {"round": server_round, "node_id": str(node), **self._names(info),
                    "share_sent": int(share_sent.get(node, False))}
             if reply.has_error():
                 if info:
@@ -219,23 +298,25 @@ class SharedPool:
                     reply.error.reason.strip()[:300])
                 continue
             if info:
-                info.share_hash = self.share_for(info.partition_id).hash
+                info.share_hash = self.share_for(info.key).hash
             problem = check_reply(reply.content, reference, self.layout,
                                   self.max_examples(node) if info else None)
             metrics = _first_metrics(reply.content)
-            row.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()})
-            if info and not problem and int(metrics["partition-id"]) != info.partition_id:
-                problem = (f"the reply claims partition {int(metrics['partition-id'])}, but "
-                           f"the node announced partition {info.partition_id} at hello")
-            # The partition the node announced at hello, not what its reply claims.
-            row["partition_id"] = info.partition_id if info else -1
+            row.update({k.replace("-", "_"): v for k, v in (metrics or {}).items()
+                        if k != "partition-id"})
+            if info and not problem and int(metrics["partition-id"]) != info.key:
+                claim = int(metrics["partition-id"])
+                problem = (f"the reply claims client key {claim}, but the node announced "
+                           f"{info.label} (key {info.key}) at hello" if self.local else
+                           f"the reply claims partition {claim}, but the node announced "
+                           f"partition {info.key} at hello")
             if problem:
                 self.client_rows.append({**row, "status": "rejected", "reason": problem})
                 log(WARNING, "Round %d: rejected the update of node %d: %s", server_round,
                     node, problem)
                 continue
             self.client_rows.append({**row, "status": "ok", "reason": ""})
-            valid.append((row["partition_id"], reply))
+            valid.append((info.key if info else -1, reply))
         for message in self._sent:
             node = message.metadata.dst_node_id
             if node not in answered:
@@ -243,8 +324,7 @@ class SharedPool:
                 if info:
                     info.share_hash = ""
                 self.client_rows.append({
-                    "round": server_round, "node_id": str(node),
-                    "partition_id": info.partition_id if info else -1,
+                    "round": server_round, "node_id": str(node), **self._names(info),
                     "share_sent": int(share_sent.get(node, False)), "status": "timeout",
                     "reason": f"no reply within fl.round-timeout={self.cfg.fl.round_timeout} s",
                 })
@@ -252,7 +332,7 @@ class SharedPool:
             log(WARNING, "Round %d: no valid update; the global model stays as it was",
                 server_round)
             return None, None
-        # A fixed order (by partition) makes the floating-point sum, and so the run,
+        # A fixed order (by client key) makes the floating-point sum, and so the run,
         # reproducible whatever order the replies arrived in.
         ordered = [reply for _, reply in sorted(valid, key=lambda pair: pair[0])]
         arrays, metrics = super().aggregate_train(server_round, ordered)

@@ -7,21 +7,26 @@ import contextlib
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from common.config import ConfigError, describe
 from common.data import DataError
 from common.device import GPU_SHARE_RULE, valid_gpu_share
 from common.evaluation import NOISE_PROTOCOLS, SPEC_SYNTAX, parse_attacks
-from common.partition import PartitionError
-from server.store import RunStoreError
+from common.intervals import format_interval, over_seeds
+from common.partition import PartitionError, check_split
+from server.store import RunStore, RunStoreError
 
 from .engine import RAY_ADDRESS_ENV, EngineError, check_ray_address, cluster_address
+from .diagnostics import diagnose_run
 from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run
 from .overrides import UsageError, absolutize_paths, build_config, parse_assignment
 from .procs import stop_reason, stop_signal, stop_signals
 from .report import write_report
 from .runner import DEFAULT_TIMEOUT, Resources, run_experiment
+from .seeds import MAX_SEEDS, check_seeds, seed_values, seeded
 from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, study_cells
-from .sweep import DEFAULT_OUT, run_sweep
+from .sweep import DEFAULT_OUT, cell_state, run_folder, run_sweep
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError,
                FileNotFoundError)
@@ -29,6 +34,12 @@ USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError
 SUMMARY_COLUMNS = ("round", "natural_acc", "fgsm_acc", "pgd10_acc", "pgd20_acc",
                    "natural_noise_acc", "fgsm_noise_acc", "clients_ok", "clients_failed",
                    "round_seconds")
+
+
+def _add_seeds(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help=f"run {what} with N seeds: the config's seed, seed + 1, ..., each in "
+                        f"a run folder of its own (1 to {MAX_SEEDS}; default 1)")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +52,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-client", type=int, default=None,
                    help="CPU cores Ray reserves per client (default 1; all cores for a "
                         "single client)")
+    _add_seeds(p, "the experiment")
     p.add_argument("--gpus-per-client", type=float, default=None,
                    help="GPUs per client: 0 (CPU only), a fraction in (0, 1] (a shared GPU, "
                         "memory capped at that fraction) or a whole number (default: 0.25 "
@@ -83,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="grid study only: centralized cells (default: federated)")
     sweep.add_argument("--num-supernodes", type=int, default=10,
                        help="clients of federated cells (default 10)")
+    _add_seeds(sweep, "every cell")
     sweep.add_argument("--cpus-per-client", type=int, default=None,
                        help="CPU cores per client (default 1; all cores for centralized "
                             "cells)")
@@ -95,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                             f"{HONEST_NOISE_ATTACKS})")
     sweep.add_argument("--final-eval-limit", type=int, default=None, metavar="N",
                        help="test images of the final evaluation (default: per scale; 0 = all)")
+    _add_no_diagnostics(sweep)
     _add_ray_address(sweep)
     sweep.add_argument("-v", "--verbose", action="store_true")
 
@@ -113,7 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-limit", type=int, default=None,
                           help="test images (default: the run's data.eval-limit; 0 = all)")
     evaluate.add_argument("--data-dir", default=None, help="override the run's data.dir")
+    _add_no_diagnostics(evaluate)
     return parser
+
+
+def _add_no_diagnostics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="skip the gradient-masking diagnostics of the final model(s) "
+                        "(diagnostics.csv; docs/performance.md says what they cost)")
 
 
 def _resources(args, centralized: bool) -> Resources:
@@ -157,7 +178,29 @@ def _cpus_per_client(args) -> int | None:
     return args.cpus_per_client
 
 
+def _seed_runs(cfg, overrides, seeds: int, resources: Resources) -> list[tuple]:
+    """(seed, config, overrides, skip) of each seed of a run, all checked before the first
+    starts. With resume=true and several seeds, a finished seed is skipped, one with a
+    checkpoint continues and one without starts afresh."""
+    if seeds > 1 and cfg.resume_from:
+        raise UsageError("resume-from names one run's checkpoint; with --seeds use "
+                         "--set resume=true, which continues every seed from its own folder")
+    runs = []
+    for seed in seed_values(cfg.seed, seeds):
+        seed_cfg, seed_overrides = seeded(cfg, overrides, seed)
+        state = cell_state(seed_cfg) if seeds > 1 and cfg.resume else None
+        if state == "new":  # never started: resume=true would find no checkpoint
+            seed_cfg = seed_cfg.replace(resume=False)
+            seed_overrides = {**seed_overrides, "resume": False}
+        if state != "finished":
+            check_split(seed_cfg, resources.num_supernodes)  # the split is drawn from it
+            RunStore.locate(seed_cfg)  # existing results, a wrong checkpoint: refused now
+        runs.append((seed, seed_cfg, seed_overrides, state == "finished"))
+    return runs
+
+
 def cmd_run(args, centralized: bool) -> int:
+    check_seeds(args.seeds)
     cfg, overrides = build_config(args.preset, args.assignments, centralized)
     resources = _resources(args, centralized)
     ray_address = _ray_address(args)
@@ -165,15 +208,57 @@ def cmd_run(args, centralized: bool) -> int:
         raise UsageError(f"fl.min-nodes={cfg.fl.min_nodes} is more than the "
                          f"{resources.num_supernodes} simulated supernodes; lower it or add "
                          "--num-supernodes")
+    runs = _seed_runs(cfg, overrides, args.seeds, resources)
     label = "centralized" if centralized else f"{resources.num_supernodes} clients"
-    outcome = run_experiment(cfg, overrides, resources, args.verbose, args.timeout, label,
-                             ray_address)
-    if not outcome.rounds.empty:
-        shown = [c for c in SUMMARY_COLUMNS if c in outcome.rounds]
-        print(outcome.rounds[shown].to_string(index=False, float_format="%.3f"))
-    print(f"status: {outcome.status}{' (' + outcome.reason + ')' if outcome.reason else ''}")
-    print(f"results: {outcome.root}")
-    return 0 if outcome.status == "finished" else 1
+    finished, statuses = {}, []  # finished: seed -> its rounds
+    for seed, seed_cfg, seed_overrides, skip in runs:
+        name = label + (f", seed {seed}" if args.seeds > 1 else "")
+        if skip:
+            print(f"[{name}] finished earlier: skipped", flush=True)
+            finished[seed] = pd.read_csv(run_folder(seed_cfg) / "rounds.csv")
+            statuses.append("finished")
+            continue
+        outcome = run_experiment(seed_cfg, seed_overrides, resources, args.verbose,
+                                 args.timeout, name, ray_address)
+        if not outcome.rounds.empty:
+            shown = [c for c in SUMMARY_COLUMNS if c in outcome.rounds]
+            print(outcome.rounds[shown].to_string(index=False, float_format="%.3f"))
+        if outcome.status == "finished":
+            finished[seed] = outcome.rounds
+        print(f"status: {outcome.status}"
+              f"{' (' + outcome.reason + ')' if outcome.reason else ''}")
+        print(f"results: {outcome.root}")
+        statuses.append(outcome.status)
+        if outcome.status != "finished":
+            break  # the next seeds would most likely fail the same way
+    if finished:
+        print(seed_summary(finished))
+    if len(statuses) < len(runs):
+        print(f"not run: seeds {', '.join(str(s) for s, *_ in runs[len(statuses):])}",
+              file=sys.stderr)
+    return 0 if statuses == ["finished"] * len(runs) else 1
+
+
+def seed_summary(rounds_by_seed: dict[int, pd.DataFrame]) -> str:
+    """The last evaluated round's accuracies of each seed and their 95% interval: over the
+    seeds (Student t), or with one seed over its evaluation images (Wilson)."""
+    last = {s: r.dropna(subset=["natural_acc"]).iloc[-1] for s, r in rounds_by_seed.items()
+            if "natural_acc" in r and r["natural_acc"].notna().any()}
+    if not last:
+        return "no evaluated round to summarize"
+    frame = pd.DataFrame(last).T
+    metrics = [c for c in SUMMARY_COLUMNS if c.endswith("_acc") and c in frame]
+    examples = frame["eval_examples"].iloc[0] if "eval_examples" in frame else None
+    rows = []
+    for metric in metrics:
+        values = frame[metric].astype(float)
+        row = {"metric": metric, **{f"seed {s}": f"{100 * v:.1f}" for s, v in values.items()}}
+        row["95% interval"] = format_interval(over_seeds(values.tolist(), examples))
+        rows.append(row)
+    kind = (f"mean ± 95% interval over {len(last)} seeds" if len(last) > 1 else
+            "one seed: [95% Wilson interval over its evaluation images]")
+    return (f"last evaluated round, accuracies in % ({kind}):\n"
+            + pd.DataFrame(rows).to_string(index=False))
 
 
 def cmd_keys() -> int:
@@ -189,6 +274,7 @@ def cmd_sweep(args) -> int:
         extra[key] = value
     extra = absolutize_paths(extra)
     _check_attacks(args)
+    check_seeds(args.seeds)
     cells = study_cells(args.study, args.scale, args.grid, args.centralized,
                         args.num_supernodes)
     folder = Path(args.out).expanduser().resolve() if args.out else \
@@ -196,17 +282,20 @@ def cmd_sweep(args) -> int:
     gpus = _gpus_per_client(args)
     ray_address = _ray_address(args)
     where = f" on the Ray cluster at {ray_address}" if ray_address else ""
-    print(f"{args.study} study at {args.scale} scale: {len(cells)} cells{where} -> {folder}",
-          flush=True)
+    seeds = f" x {args.seeds} seeds" if args.seeds > 1 else ""
+    print(f"{args.study} study at {args.scale} scale: {len(cells)} cells{seeds}{where} -> "
+          f"{folder}", flush=True)
     outcomes = run_sweep(args.study, cells, folder, extra, _cpus_per_client(args), gpus,
-                         args.verbose, ray_address)
+                         args.verbose, ray_address, args.seeds)
     print("final evaluation of every finished cell ...", flush=True)
     limit = args.final_eval_limit if args.final_eval_limit is not None else \
         FINAL_EVAL_LIMIT[args.scale]
     report = write_report(args.study, outcomes, folder, attacks=args.attacks,
-                          noise_attacks=args.noise_attacks, eval_limit=limit)
+                          noise_attacks=args.noise_attacks, eval_limit=limit,
+                          diagnostics=not args.no_diagnostics)
     print(f"report: {report / 'tables.md'}")
-    unfinished = [cell.name for cell, _, status in outcomes if status != "finished"]
+    unfinished = [o.cell.name + (f" (seed {o.seed})" if args.seeds > 1 else "")
+                  for o in outcomes if o.status != "finished"]
     if unfinished:
         print(f"not finished: {', '.join(unfinished)}; run the same command again to "
               "resume them", file=sys.stderr)
@@ -236,6 +325,10 @@ def cmd_evaluate(args) -> int:
                          args.noise_attacks, args.noise_protocol)
     print(frame.drop(columns=["attacks"]).to_string(index=False, float_format="%.3f"))
     print(f"saved: {run / 'final_eval.csv'}")
+    if not args.no_diagnostics:
+        checks = diagnose_run(run, eval_limit=args.eval_limit, data_dir=args.data_dir)
+        print(checks[["check", "passed", "explanation"]].to_string(index=False))
+        print(f"saved: {run / 'diagnostics.csv'}")
     return 0
 
 

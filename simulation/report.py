@@ -1,30 +1,46 @@
 """A sweep's report: one tidy table, markdown tables shaped like the paper's, and figures.
 
-report/results.csv, results.parquet   one row per cell: what varied, the config, final
-                                      accuracies (training-time and honest final evaluation)
-report/rounds.csv                     every cell's per-round rows, with the cell name
-report/tables.md                      markdown tables and the plain statement of where the
-                                      paper's protocol overstates robustness
-report/*.png                          figures
+report/results.csv, results.parquet   one row per cell and seed: what varied, the seed,
+                                      the config, final accuracies (training-time and
+                                      honest final evaluation) and eval_examples (the test
+                                      images they were measured on)
+report/rounds.csv                     every run's per-round rows, with cell name and seed
+report/tables.md                      markdown tables (each accuracy with its 95% interval:
+                                      over seeds, or with one seed over the test images),
+                                      the paper's claims with verdicts from those intervals
+                                      and where the paper's protocol overstates robustness
+report/*.png                          figures (means over seeds)
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from common import results
 from common.config import key_type
+from common.intervals import Interval, difference, format_interval, over_seeds
 
 from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run, load_run_config
-from .studies import NOISE_LEVELS, Cell
+from .claims import evaluate_claims
+from .diagnostics import FLAG_NOTE, accuracy_vs_eps_figure, diagnose_run, report_columns
+from .studies import NOISE_LEVELS, Cell, claim_table
 
 # The paper's headline number is FGSM through test-time noise; every other L-inf attack of
 # the final evaluation (PGD, PGD with restarts, C&W, EOT-PGD) competes for "strongest".
 PROTOCOL = "fgsm_noise_acc"
+
+
+class CellRun(NamedTuple):
+    """One run of a sweep: a cell at one seed (None: the seed its config.json names)."""
+
+    cell: Cell
+    run: Path
+    status: str
+    seed: int | None = None
 
 
 def accuracy_columns(table: pd.DataFrame) -> list[str]:
@@ -38,7 +54,7 @@ def strong_attack_columns(table: pd.DataFrame) -> list[str]:
     # DeepFool measures an L2 distance, a different threat model: it does not compete. The
     # worst case is the union of the attacks, not one of them.
     return [c for c in accuracy_columns(table) if c.endswith("_acc")
-            and not c.startswith(("natural", "deepfool", "fgsm", "worst"))]
+            and not c.startswith(("natural", "deepfool", "fgsm", "worst", "best"))]
 
 
 def _final_round(run: Path) -> dict[str, Any]:
@@ -48,22 +64,53 @@ def _final_round(run: Path) -> dict[str, Any]:
     evaluated = rounds.dropna(subset=["natural_acc"])
     last = evaluated.iloc[-1].to_dict() if not evaluated.empty else {}
     return {"train_" + k: v for k, v in last.items() if k.endswith("_acc")} | {
+        "train_eval_examples": last.get("eval_examples", math.nan),
         "rounds": int(rounds["round"].max()),
         "wall_seconds": float(rounds["round_seconds"].sum()),
     }
 
 
-def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
+def _best_columns(best: pd.DataFrame, sigma: float) -> dict[str, Any]:
+    """best.pt (selected on the validation split) beside the final model: its round, test
+    natural accuracy and strongest-attack accuracy (the minimum over the columns that
+    compete for `strongest`). None when the run selected no best.pt."""
+    if best.empty:
+        return {}
+    acc = {k: v for _, r in best[best["noise_std"].isin({0.0, sigma})].iterrows()
+           for k, v in r.items() if k.endswith("_acc") and not pd.isna(v)
+           and ("_noise" in k) == (r["noise_std"] > 0)}
+    strong = strong_attack_columns(pd.DataFrame([acc]))
+    return {"best_round": int(best["model_round"].iloc[0]),
+            "best_natural_acc": acc.get("natural_acc", math.nan),
+            "best_strongest": min((acc[c] for c in strong), default=math.nan)}
+
+
+def _examples(final: pd.DataFrame) -> float:
+    """The test images the final evaluation used: counted (eval_examples), else its limit
+    when that is a count (rows cached before the count was recorded); nan if unknown."""
+    if "eval_examples" in final and final["eval_examples"].notna().any():
+        return float(final["eval_examples"].dropna().iloc[0])
+    limits = final["eval_limit"].dropna() if "eval_limit" in final else pd.Series(dtype=float)
+    return float(limits.iloc[0]) if len(limits) and limits.iloc[0] > 0 else math.nan
+
+
+def collect(outcomes: list[CellRun | tuple], noise_levels: list[float],
             attacks: str = HONEST_ATTACKS, noise_attacks: str = HONEST_NOISE_ATTACKS,
-            eval_limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+            eval_limit: int | None = None,
+            diagnostics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per run (cell and seed), and every run's per-round rows."""
     rows, per_round = [], []
-    for cell, run, status in outcomes:
-        row: dict[str, Any] = {"cell": cell.name, "status": status,
-                               **{k: v for k, v in cell.varied.items()}}
+    for cell, run, status, seed in (CellRun(*o) for o in outcomes):
+        if seed is None and (run / "config.json").is_file():
+            seed = load_run_config(run).seed
+        row: dict[str, Any] = {"cell": cell.name, "seed": seed, "run": run.name,
+                               "status": status, **{k: v for k, v in cell.varied.items()}}
+        row["seed"] = seed  # the run's, also where a grid varies the key `seed`
         if status == "finished":
             cfg = load_run_config(run)
             row.update({"activation": cfg.model.activation, "schedule": cfg.train.schedule,
                         "partition": cfg.fl.partition, "share": cfg.fl.shared_share,
+                        "objective": cfg.train.objective,
                         "adversarial": cfg.train.adversarial,
                         "train_noise": cfg.train.noise_std, "width": cfg.model.width,
                         "clients": cell.num_supernodes})
@@ -71,8 +118,13 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
             levels = sorted({0.0, cfg.eval.noise_std, *noise_levels})
             final = evaluate_run(run, levels, attacks, eval_limit,
                                  noise_attacks=noise_attacks)
+            best, final = final[final["model"] == "best"], final[final["model"] == "final"]
+            row.update(_best_columns(best, cfg.eval.noise_std))
             noisy = final[final["noise_std"] > 0]
+            row["eval_examples"] = _examples(final)
             row["noise_protocol"] = ",".join(sorted(set(noisy["noise_protocol"]))) or "none"
+            if diagnostics:  # gradient-masking checks of the final model: diagnostics.csv
+                row.update(report_columns(diagnose_run(run, eval_limit=eval_limit)))
             for _, r in final.iterrows():
                 sigma = r["noise_std"]
                 for k, v in r.items():
@@ -84,7 +136,9 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
                         if sigma in noise_levels and sigma > 0 and "_noise" in k:
                             row[f"{k}@{sigma:g}"] = v  # the noise study's sweep over sigma
             rounds = results.read_csv(run / "rounds.csv")
-            per_round.append(rounds.assign(cell=cell.name))
+            if "catastrophic_overfitting" in rounds:  # fgsm-rs' check (common.objectives)
+                row["overfit_rounds"] = int(rounds["catastrophic_overfitting"].sum())
+            per_round.append(rounds.assign(cell=cell.name, seed=seed))
         rows.append(row)
     table = pd.DataFrame(rows)
     strong = strong_attack_columns(table)
@@ -93,6 +147,71 @@ def collect(outcomes: list[tuple[Cell, Path, str]], noise_levels: list[float],
         table["strongest_attack"] = table[strong].idxmin(axis=1)
         table["protocol_overstatement"] = table[PROTOCOL] - table["strongest"]
     return table, (pd.concat(per_round, ignore_index=True) if per_round else pd.DataFrame())
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """Every measured column that gets an interval: accuracies (proportions of the evaluation
+    images) and DeepFool's median L2 (not a proportion: an interval over seeds only)."""
+    return [c for c in table.columns
+            if str(c).endswith(("_acc", "_median_l2")) or "_acc@" in str(c)
+            or c in ("strongest", "best_strongest")]
+
+
+def _common(values: pd.Series) -> Any:
+    """A cell's value of a column that is not measured: the value its seeds share, else
+    their mean (numbers) or their distinct values joined by "/" (e.g. strongest_attack)."""
+    values = values.dropna()
+    if values.empty:
+        return math.nan
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) == 1:
+        return distinct[0]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return float(values.mean())
+    return "/".join(str(v) for v in distinct)
+
+
+def _first(values: pd.Series) -> float | None:
+    values = values.dropna() if values is not None else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) else None
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished cell: each measured column an Interval (common/intervals.py),
+    the mean over its seeds with a Student-t interval, or with one seed the value with the
+    Wilson interval over its evaluation images; protocol_overstatement the interval of the
+    difference (paired by seed, or Newcombe's); `seeds` the number of finished seeds."""
+    done = table[table["status"] == "finished"] if "status" in table else table
+    if done.empty:
+        return pd.DataFrame()
+    metrics = metric_columns(done)
+    rows = []
+    for cell, runs in done.groupby("cell", sort=False):
+        row: dict[str, Any] = {}
+        for col in done.columns:
+            if col in ("seed", "run", "protocol_overstatement"):
+                continue
+            if col not in metrics:
+                row[col] = _common(runs[col])
+                continue
+            values = runs[col].dropna()
+            proportion = not str(col).endswith("_median_l2")
+            n = _first(runs.get("train_eval_examples" if col.startswith("train_")
+                                else "eval_examples")) if proportion else None
+            row[col] = over_seeds(values, n) if len(values) else math.nan
+        if {PROTOCOL, "strongest", "seed"} <= set(runs.columns):
+            n = _first(runs.get("eval_examples"))
+            row["protocol_overstatement"] = difference(
+                dict(zip(runs["seed"], runs[PROTOCOL])),
+                dict(zip(runs["seed"], runs["strongest"])), n, n) or math.nan
+        row["seeds"] = len(runs)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def estimates(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each Interval replaced by its estimate (the mean over seeds)."""
+    return summary.map(lambda v: v.estimate if isinstance(v, Interval) else v)
 
 
 def noise_protocol_line(table: pd.DataFrame) -> str:
@@ -112,6 +231,9 @@ def noise_protocol_line(table: pd.DataFrame) -> str:
 def markdown_table(frame: pd.DataFrame, percent: tuple[str, ...] = ()) -> str:
     """A GitHub markdown table (pandas' to_markdown needs the tabulate package)."""
     def fmt(col, v):
+        if isinstance(v, Interval):
+            return format_interval(v, 1, 2) if str(col).endswith("_median_l2") else \
+                format_interval(v)
         if isinstance(v, float) and math.isnan(v):
             return "–"
         if col in percent or str(col).endswith("_acc") or "_acc@" in str(col) \
@@ -137,7 +259,7 @@ def study_tables(study: str, table: pd.DataFrame) -> list[tuple[str, pd.DataFram
     done = table[table["status"] == "finished"] if "status" in table else table
     if done.empty:
         return []
-    acc = accuracy_columns(done) + _present(done, ["protocol_overstatement"])
+    acc = accuracy_columns(done) + _present(done, ["protocol_overstatement", "masking_flags"])
     if study == "activation":
         cols = _present(done, ["cell", "activation", "schedule", *acc])
         out = [("Activation x learning rate (centralized)",
@@ -147,32 +269,81 @@ def study_tables(study: str, table: pd.DataFrame) -> list[tuple[str, pd.DataFram
         cols = _present(done, ["cell", "partition", "share", *acc])
         return [("Data sharing x partition (federated)",
                  done[cols].sort_values(["partition", "share"]))]
+    if study == "objectives":
+        cols = _present(done, ["cell", "objective", "partition", "share", *acc, "strongest",
+                               "overfit_rounds"])
+        return [("Objective x partition x sharing (federated)",
+                 done[cols].sort_values(["partition", "share", "objective"])),
+                ("The paper's claim: mixed with 40% sharing vs CalFAT without sharing",
+                 claim_table(estimates(done),  # means over seeds; intervals: the claims
+                             _present(done, [*accuracy_columns(done), "strongest"])))]
     if study == "noise":
         noise_cols = sorted(c for c in done.columns if "_noise_acc@" in c)
-        cols = _present(done, ["cell", "train_noise", "adversarial", "natural_acc", *noise_cols])
+        cols = _present(done, ["cell", "train_noise", "adversarial", "natural_acc", *noise_cols,
+                               "masking_flags"])
         return [("Test-time noise sigma x training noise (centralized)", done[cols])]
     varied = [c for c in done.columns if key_type(c) is not None]  # the grid's axes
     return [("All cells", done[_present(done, ["cell", *varied, *acc])])]
 
 
-def overstatement_text(table: pd.DataFrame) -> str:
-    if "protocol_overstatement" not in table.columns:
+def overstatement_text(summary: pd.DataFrame) -> str:
+    """The protocol's overstatement over the cells, with each cell's interval's verdict."""
+    if "protocol_overstatement" not in summary.columns:
         return ("The honest columns were not all evaluated, so the protocol's overstatement "
                 "is not computed here.")
-    done = table.dropna(subset=["protocol_overstatement"])
+    done = summary[summary["protocol_overstatement"].map(lambda v: isinstance(v, Interval))]
     if done.empty:
         return "No finished cell has both the protocol's and the strong attacks' numbers."
-    worst = done.loc[done["protocol_overstatement"].idxmax()]
-    mean = 100 * done["protocol_overstatement"].mean()
+    over = done["protocol_overstatement"]
+    points = over.map(lambda iv: iv.estimate).astype(float)
+    worst = done.loc[points.idxmax()]
+    verdicts = over.map(Interval.verdict).value_counts()
+    split = (f"In {verdicts.get('reproduced', 0)} of {len(done)} cells the 95% interval of "
+             "the overstatement lies above 0 (it is real at this sample size), in "
+             f"{verdicts.get('inconclusive', 0)} it holds 0 (inconclusive)")
+    if verdicts.get("contradicted", 0):
+        split += (f", in {verdicts['contradicted']} below 0 (the protocol is stricter than "
+                  "the strongest attack there)")
     return (
         f"The paper's protocol (FGSM through test-time noise) overstates robust accuracy by "
-        f"{mean:.1f} points on average over {len(done)} cells, and by "
-        f"{100 * worst['protocol_overstatement']:.1f} points at worst ({worst['cell']}: "
-        f"{100 * worst[PROTOCOL]:.1f}% under the protocol, "
-        f"{100 * worst['strongest']:.1f}% under {worst['strongest_attack']}, the "
-        f"strongest of {', '.join(strong_attack_columns(done))}). Report the strongest "
-        "column, not FGSM."
+        f"{100 * points.mean():.1f} points on average over {len(done)} "
+        f"cell{'s' if len(done) > 1 else ''}, and by "
+        f"{format_interval(worst['protocol_overstatement'])} points at worst "
+        f"({worst['cell']}: {format_interval(worst[PROTOCOL])}% under the protocol, "
+        f"{format_interval(worst['strongest'])}% under {worst['strongest_attack']}, the "
+        f"strongest of {', '.join(strong_attack_columns(done))}). {split}. Report the "
+        "strongest column, not FGSM."
     )
+
+
+def claims_section(table: pd.DataFrame) -> list[str]:
+    """The paper's claims that this sweep's cells can test, each with its verdict."""
+    done = table[table["status"] == "finished"] if "status" in table else table
+    claims = evaluate_claims(done) if {"cell", "seed"} <= set(done.columns) else \
+        pd.DataFrame()
+    lines = ["## The paper's claims", ""]
+    if claims.empty:
+        return lines + ["No pair of this sweep's cells tests one of the paper's claims "
+                        "(simulation/claims.py lists them).", ""]
+    return lines + [
+        "Each line compares two cells under one measure (`strongest`: the strongest attack "
+        "of the final evaluation); `difference` = the claimed higher cell minus the other, in "
+        "points, with its 95% interval (paired over the seeds both cells ran; with one seed, "
+        "Newcombe's interval from the two Wilson intervals). **reproduced**: the interval "
+        "lies above 0; **contradicted**: below 0; **inconclusive**: it holds 0.", "",
+        markdown_table(claims), ""]
+
+
+def interval_note(summary: pd.DataFrame) -> str:
+    """What the ± of a table's accuracies means, for its title."""
+    seeds = set(summary["seeds"]) if "seeds" in summary else {1}
+    if seeds == {1}:
+        n = summary["eval_examples"].dropna() if "eval_examples" in summary else []
+        images = f"{int(n.iloc[0])} " if len(n) and n.nunique() == 1 else ""
+        return f"one seed; [95% Wilson interval over the {images}test images]"
+    if len(seeds) == 1:
+        return f"mean ± 95% interval over {seeds.pop()} seeds"
+    return "mean ± 95% interval over each cell's seeds (column seeds)"
 
 
 def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Path) -> list[Path]:
@@ -257,29 +428,45 @@ def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Pa
                                  squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             for cell, part in per_round.dropna(subset=[metric]).groupby("cell"):
-                ax.plot(part["round"], 100 * part[metric], label=cell, lw=1)
+                mean = part.groupby("round")[metric].mean()  # over the cell's seeds
+                ax.plot(mean.index, 100 * mean, label=cell, lw=1)
             ax.set(title=metric.replace("_acc", " accuracy"), xlabel="round",
                    ylabel="accuracy (%)")
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=6, ncol=2)
         save(fig, "accuracy_per_round.png")
+    eps_figure = accuracy_vs_eps_figure(done, folder)
+    if eps_figure:
+        made.append(eps_figure)
     return made
 
 
-def write_report(study: str, outcomes: list[tuple[Cell, Path, str]], folder: Path,
+def _by_cell_and_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the cells' order, each cell's seeds together in ascending order."""
+    if table.empty:
+        return table
+    order = table["cell"].map({c: i for i, c in enumerate(dict.fromkeys(table["cell"]))})
+    return table.assign(_order=order).sort_values(["_order", "seed"], kind="stable") \
+        .drop(columns="_order").reset_index(drop=True)
+
+
+def write_report(study: str, outcomes: list[CellRun | tuple], folder: Path,
                  noise_levels: list[float] | None = None, attacks: str = HONEST_ATTACKS,
                  noise_attacks: str = HONEST_NOISE_ATTACKS,
-                 eval_limit: int | None = None) -> Path:
+                 eval_limit: int | None = None, diagnostics: bool = True) -> Path:
     levels = list(noise_levels if noise_levels is not None else
                   (NOISE_LEVELS if study == "noise" else ()))
-    table, per_round = collect(outcomes, levels, attacks, noise_attacks, eval_limit)
+    table, per_round = collect(outcomes, levels, attacks, noise_attacks, eval_limit,
+                               diagnostics)
+    table = _by_cell_and_seed(table)
+    summary = summarize(table)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     results.write_csv(out / "results.csv", table)
     results.write_parquet(out / "results.parquet", table)
     if not per_round.empty:
         results.write_csv(out / "rounds.csv", per_round)
-    pictures = figures(study, table, per_round, out)
+    pictures = figures(study, estimates(summary), per_round, out)
     limit = "each run's data.eval-limit" if eval_limit is None else \
         (f"{eval_limit}" if eval_limit else "all")
     lines = [f"# {study} study: {folder.name}", "",
@@ -296,15 +483,32 @@ def write_report(study: str, outcomes: list[tuple[Cell, Path, str]], folder: Pat
              "classified images (inf when it flipped fewer than half of them); "
              "`protocol_overstatement` = protocol minus the strongest attack. Plain-model "
              f"attacks: `{attacks}`; through the noise: `{noise_attacks}`.", "",
-             noise_protocol_line(table), ""]
-    for title, frame in study_tables(study, table):
-        lines += [f"## {title}", "", markdown_table(frame), ""]
+             "Intervals (95%): a cell run with several seeds (`--seeds N`) shows the mean over "
+             "its seeds ± the half-width of the Student-t interval (N - 1 degrees of "
+             "freedom): the spread of training runs. A cell with one seed shows its value "
+             "and [the Wilson score interval] of that proportion over its test images: the "
+             "spread of the test sample only. `protocol_overstatement`: the interval of the "
+             "difference, paired by seed (one seed: Newcombe's, from the two Wilson "
+             "intervals). results.csv holds every seed's row.", "",
+             noise_protocol_line(table), "",
+             *([FLAG_NOTE, ""] if "masking_flags" in table else [])]
+    many = "seeds" in summary and summary["seeds"].max() > 1
+    for title, frame in study_tables(study, summary):
+        if many and "cell" in frame and "seeds" not in frame:
+            frame = frame.copy()
+            frame.insert(1, "seeds", frame["cell"].map(dict(zip(summary["cell"],
+                                                                summary["seeds"]))))
+        shown = frame.map(lambda v: isinstance(v, Interval)).any().any()
+        note = interval_note(summary) if shown else ("means over seeds" if many else "")
+        lines += [f"## {title}" + (f" ({note})" if note else ""), "", markdown_table(frame),
+                  ""]
+    lines += claims_section(table)
     lines += ["## Where the paper's protocol overstates robustness", "",
-              overstatement_text(table), ""]
+              overstatement_text(summary), ""]
     failed = table[table["status"] != "finished"] if "status" in table else table.iloc[:0]
     if not failed.empty:
-        lines += ["## Cells that did not finish", "",
-                  markdown_table(failed[["cell", "status"]]), ""]
+        lines += ["## Runs that did not finish", "",
+                  markdown_table(failed[_present(failed, ["cell", "seed", "status"])]), ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     results.write_text(out / "tables.md", "\n".join(lines) + "\n")
     return out

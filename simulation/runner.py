@@ -15,7 +15,7 @@ import pandas as pd
 from common.config import ExperimentConfig
 from common.data import load_cifar10
 from common.footprint import check_fits
-from common.partition import check_split
+from common.partition import check_split, validation_indices
 from server.store import RunStore
 
 from .engine import run_app, simulation_link
@@ -100,7 +100,8 @@ def preflight(cfg: ExperimentConfig, resources: Resources) -> RunStore:
     check_split(cfg, resources.num_supernodes)
     check_fits(cfg, resources.gpus_per_client)
     store, _ = RunStore.locate(cfg)
-    load_cifar10(cfg.data.dir, download=cfg.data.download)
+    data = load_cifar10(cfg.data.dir, download=cfg.data.download)
+    validation_indices(data.train_y.numpy(), cfg.data.val_size, cfg.seed)  # not all of it
     return store
 
 

@@ -1,10 +1,15 @@
 """Run a study's cells one after another through the simulation harness, resumably.
 
 <out>/<study>-<scale>/
-  sweep.json          the study, scale and cell list (a rerun must ask for the same cells)
-  cells/<cell>/       one run folder per cell (rounds.csv, final.pt, ...)
-  report/             the tidy table, markdown tables and figures (see report.py)
-A finished cell is skipped; an interrupted one continues from its last checkpoint.
+  sweep.json              the study, scale, cell list and seeds (a rerun must ask for the
+                          same cells; it may ask for more or fewer seeds)
+  cells/<cell>/           one run folder per cell and seed (rounds.csv, final.pt, ...): the
+  cells/<cell>-seed<s>/   cell's own seed in cells/<cell>, each further seed s of --seeds N
+                          beside it (seeds.py)
+  report/                 the tidy table, markdown tables and figures (see report.py)
+The runs go seed by seed (every cell of the first seed, then of the second, ...), so an
+interrupted sweep already has whole tables. A finished run is skipped; an interrupted one
+continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Any
 from common import results
 from common.config import ExperimentConfig, defaults
 from common.partition import check_split
-from server.store import RunStore
+from server.store import DEFAULT_OUT_DIR, RunStore
 
 from .overrides import UsageError, absolutize_paths
+from .report import CellRun
 from .runner import Resources, run_experiment
+from .seeds import seed_values, seeded
 from .studies import Cell
 
 DEFAULT_OUT = Path.home() / "robustfl-runs" / "sweeps"
@@ -35,16 +42,37 @@ def cell_config(cell: Cell, folder: Path, extra: dict[str, Any]) -> tuple[Experi
     return cfg, overrides
 
 
+def seed_configs(cell: Cell, folder: Path, extra: dict[str, Any], seeds: int
+                 ) -> list[tuple[int, ExperimentConfig, dict[str, Any]]]:
+    """(seed, config, overrides) of each of the cell's runs, every split checked."""
+    cfg, overrides = cell_config(cell, folder, extra)
+    runs = []
+    for seed in seed_values(cfg.seed, seeds):
+        seed_cfg, seed_overrides = seeded(cfg, overrides, seed)
+        check_split(seed_cfg, cell.num_supernodes)  # the split is drawn from the seed
+        runs.append((seed, seed_cfg, seed_overrides))
+    return runs
+
+
+def run_folder(cfg: ExperimentConfig) -> Path:
+    """Where the run of cfg writes (as RunStore.locate places it)."""
+    out_dir = Path(cfg.out.dir).expanduser() if cfg.out.dir else DEFAULT_OUT_DIR
+    return out_dir / cfg.run_name()
+
+
 def cell_state(cfg: ExperimentConfig) -> str:
     """finished | resumable | new, from the cell's run folder. A cell killed after its last
     checkpoint but before final.pt is resumable: resuming writes what finishing writes."""
-    store = RunStore(Path(cfg.out.dir) / cfg.run_name())
+    store = RunStore(run_folder(cfg))
     if store.finished():
         return "finished"
     return "resumable" if store.checkpoint_path.exists() else "new"
 
 
 def check_same_sweep(folder: Path, description: dict[str, Any]) -> None:
+    """The folder's sweep.json, if any, must list the same cells. A sweep.json from before
+    --seeds existed has no seeds: it ran each cell's own seed, the first of any --seeds N,
+    so it goes on with more seeds as it is."""
     path = folder / "sweep.json"
     if path.exists():
         before = json.loads(path.read_text())
@@ -59,23 +87,24 @@ def check_same_sweep(folder: Path, description: dict[str, Any]) -> None:
 
 def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
               cpus_per_client: int | None = None, gpus_per_client: float = 0.0,
-              verbose: bool = False, ray_address: str | None = None
-              ) -> list[tuple[Cell, Path, str]]:
-    """Run every cell not finished yet, one after another (on the Ray cluster at ray_address,
-    if given, each cell with the same resources per client); return (cell, run folder,
-    status) per cell."""
-    configs = [cell_config(cell, folder, extra) for cell in cells]  # validates all first
+              verbose: bool = False, ray_address: str | None = None, seeds: int = 1
+              ) -> list[CellRun]:
+    """Run every cell and seed not finished yet, one after another, seed by seed (on the
+    Ray cluster at ray_address, if given, each run with the same resources per client);
+    return (cell, run folder, status, seed) per cell and seed."""
+    runs = [seed_configs(cell, folder, extra, seeds) for cell in cells]  # all checked first
+    plan = [(cell, per_cell[i]) for i in range(seeds) for cell, per_cell in zip(cells, runs)]
     check_same_sweep(folder, {"sweep": name, "cells": [c.name for c in cells],
-                              "extra": extra})
+                              "extra": extra, "seeds": seeds})
     outcomes = []
     started = time.monotonic()
-    for i, (cell, (cfg, overrides)) in enumerate(zip(cells, configs), start=1):
-        run_dir = Path(cfg.out.dir) / cfg.run_name()
+    for i, (cell, (seed, cfg, overrides)) in enumerate(plan, start=1):
+        run_dir = run_folder(cfg)
         state = cell_state(cfg)
-        label = f"[cell {i}/{len(cells)} {cell.name}]"
+        label = f"[run {i}/{len(plan)} {cell.name}" + (f" seed {seed}]" if seeds > 1 else "]")
         if state == "finished":
             print(f"{label} finished earlier: skipped", flush=True)
-            outcomes.append((cell, run_dir, "finished"))
+            outcomes.append(CellRun(cell, run_dir, "finished", seed))
             continue
         if state == "resumable":
             print(f"{label} resuming from its checkpoint", flush=True)
@@ -84,7 +113,7 @@ def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
                                           gpus_per_client)
         outcome = run_experiment(cfg, overrides, resources, verbose=verbose, label=label,
                                  ray_address=ray_address)
-        outcomes.append((cell, run_dir, outcome.status))
+        outcomes.append(CellRun(cell, run_dir, outcome.status, seed))
         elapsed = time.monotonic() - started
         print(f"{label} {outcome.status}{': ' + outcome.reason if outcome.reason else ''} "
               f"| sweep {elapsed / 60:.1f} min so far", flush=True)

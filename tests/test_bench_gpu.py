@@ -76,12 +76,15 @@ def test_dry_run_records_every_figure(dry_run):
 
 def test_the_estimate_follows_the_preset(dry_run):
     """The workload, derived again from the preset by hand: CIFAR-10's 50,000 training
-    images less the shared pool, split among the clients, plus every client's share."""
+    images less the validation split and the shared pool, split among the clients, plus
+    every client's share; each evaluation takes the validation split."""
     e = dry_run[0]["measurements"]["paper_estimate"]
     cfg = preset_config("paper")
-    pool = round(50_000 * cfg.fl.shared_pool)
+    train = 50_000 - cfg.data.val_size
+    pool = round(train * cfg.fl.shared_pool)
     share = round(cfg.fl.shared_share * pool)
-    assert e["images_per_round"] == 50_000 - pool + cfg.fl.min_nodes * share  # 65,000
+    assert e["images_per_round"] == train - pool + cfg.fl.min_nodes * share  # 64,350
+    assert e["eval_images"] == cfg.data.val_size  # 500: eval-limit 0 takes all of it
     assert (e["rounds"], e["local_epochs"]) == (cfg.fl.num_rounds, cfg.train.local_epochs)
     assert e["evaluations"] == cfg.fl.num_rounds // cfg.eval.every  # 20: every 5th round
     hours = e["rounds"] * e["images_per_round"] * e["local_epochs"] / e["train_images_per_s"]

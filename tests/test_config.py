@@ -197,14 +197,17 @@ def test_no_loss_term_is_refused_with_what_each_term_needs():
 
 
 def test_the_default_run_holds_no_data_back():
-    from common.partition import split_for
+    """No pool by default: the clients hold every image outside the validation split."""
+    from common.partition import split_for, validation_indices
 
     cfg = ExperimentConfig()
     assert cfg.fl.shared_pool == 0.0 and cfg.fl.shared_share == 0.0
     labels = np.repeat(np.arange(10), 100)
     plan = split_for(cfg, labels, 4)
     assert plan.shared.size == 0
-    assert np.array_equal(np.sort(np.concatenate(plan.partitions)), np.arange(1000))
+    val = validation_indices(labels, cfg.data.val_size, cfg.seed)
+    assert np.array_equal(np.sort(np.concatenate(plan.partitions)),
+                          np.setdiff1d(np.arange(1000), val))
 
 
 def test_a_share_without_a_pool_is_refused():

@@ -18,6 +18,9 @@ CERTS = commands.Tls(Path("/etc/robustfl/certs"))
 SERVER = "10.0.0.5:8000"
 DATABASE = "/var/lib/robustfl/state.db"
 RUN_CONFIG = "data.dir='/data/cifar10' out.dir='/srv/robustfl/runs' fl.min-nodes=10"
+LOCAL_RUN_CONFIG = ("fl.client-data='local' data.dir='/data/silos/server' "
+                    "out.dir='/srv/robustfl/runs' fl.min-nodes=10 fl.shared-pool=0.5 "
+                    "fl.shared-share=0.1")
 
 
 def documented_commands() -> list[list[str]]:
@@ -45,6 +48,12 @@ EXPECTED = {
     "register": commands.register_node(CERTS.folder / "node-3.pub", "lab"),
     "flwr-run": commands.flwr_run(".", "lab", RUN_CONFIG),
     "flwr-run-stream": commands.flwr_run(".", "lab", RUN_CONFIG, stream=True),
+    # Bring your own data (fl.client-data=local; tests/test_cross_silo.py runs these).
+    "local-supernode-tls": commands.local_supernode(SERVER, "node-3", "/data/silos/node-3",
+                                                    tls=CERTS, auth_key=CERTS.node_key(3)),
+    "local-supernode-insecure": commands.local_supernode(SERVER, "node-3",
+                                                         "/data/silos/node-3"),
+    "local-flwr-run": commands.flwr_run(".", "lab", LOCAL_RUN_CONFIG, stream=True),
 }
 
 

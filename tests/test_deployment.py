@@ -36,6 +36,7 @@ def assert_two_good_rounds(run):
     assert rounds["fgsm_acc"].map(math.isfinite).all()
     assert (rounds["clients_ok"] == 3).all()
     clients = pd.read_csv(run / "clients.csv")
+    clients = clients[clients["status"] != "refused"]  # refused nodes: a row, no partition
     assert sorted(clients["partition_id"].unique()) == [0, 1, 2]
     assert (clients.groupby("partition_id")["share_sent"].sum() == 1).all()
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
@@ -55,6 +56,9 @@ def test_insecure_superlink_three_supernodes_and_a_misconfigured_one(data_dir, t
         log = d.run_log(run_id)
         assert info["status"] == "finished:completed", f"{info}\n{log[-4000:]}"
     assert "partition-id = 5 must lie in 0..2" in log  # refused with the key named
+    refused = pd.read_csv(out / "deployed" / "clients.csv").query("status == 'refused'")
+    assert [r.endswith("partition-id = 5 must lie in 0..2 (num-partitions = 3)")
+            for r in refused["reason"]] == [True]  # and recorded
     assert_two_good_rounds(out / "deployed")
 
 

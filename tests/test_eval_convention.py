@@ -197,7 +197,8 @@ def test_final_evaluation_and_report_name_their_noise_protocol(data_dir, tmp_pat
     run.mkdir()
     RunStore(run).write_config(ExperimentConfig.from_flat({
         "data.dir": str(data_dir), "data.eval-limit": 16, "eval.noise-protocol": "fixed",
-        "eval.noise-draws": 3, "eval.square-queries": 20}))
+        "eval.noise-draws": 3, "eval.square-queries": 20,
+        "eval.diagnostic-queries": 20}))  # diagnostics.csv: tests/test_diagnostics.py
     torch.manual_seed(0)
     torch.save(build_model("relu", 8).state_dict(), run / "final.pt")
     # A row cached before the convention named its settings: kept, never reused.

@@ -188,4 +188,9 @@ def test_serverapp_killed_after_round_two_resumes_to_the_same_result(data_dir, t
     final_a = torch.load(out / "uninterrupted" / "final.pt")
     final_b = torch.load(out / "resumed" / "final.pt")
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # best.pt, chosen on the validation split, survives the kill: the same round and model.
+    best_a = torch.load(out / "uninterrupted" / "best.pt")
+    best_b = torch.load(out / "resumed" / "best.pt")
+    assert best_a["round"] == best_b["round"] == status(out / "resumed")["best_round"]
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
     assert status(out / "resumed")["status"] == "finished"

@@ -188,7 +188,8 @@ def train_messages(global_state: dict[str, torch.Tensor], node_of: dict[int, int
 
 def test_a_reply_claiming_more_examples_than_its_node_holds_is_rejected(small_data):
     # shared-share 0.5 of G (10% of 1,000 images): each node may train on partition + 50.
-    strategy = strategy_for(small_data, **{"fl.shared-pool": 0.1, "fl.shared-share": 0.5})
+    strategy = strategy_for(small_data, **{"fl.shared-pool": 0.1, "fl.shared-share": 0.5,
+                                           "data.val-size": 0})
     share = len(strategy.share_for(0).y)
     assert share == 50
     held = {0: 300, 1: 200, 2: 250}  # partition sizes announced at hello

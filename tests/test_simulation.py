@@ -63,7 +63,13 @@ def test_federated_non_iid_run_with_shared_pool_and_a_nan_client(data_dir, tmp_p
     assert rounds["round"].tolist() == [1, 2]
     for column in ("natural_acc", "fgsm_acc", "pgd5_acc", "natural_noise_acc"):
         assert rounds[column].map(math.isfinite).all(), column
-    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished"
+    # Evaluated on 100 of the validation split, never the test set; best.pt is its best round.
+    assert (rounds["eval_set"] == "val").all() and (rounds["eval_examples"] == 100).all()
+    best = torch.load(run / "best.pt")
+    assert best["round"] == rounds.loc[rounds["worst_acc"].idxmax(), "round"]
+    assert status["best_round"] == best["round"] and best["metric"] == "worst_acc"
 
     # The global model moved away from its seeded initialisation and stayed finite,
     # although one client sent NaN weights every round.
