@@ -1,8 +1,11 @@
 """Gradient-masking diagnostics (common/diagnostics.py) of a finished run's final model.
 
-<run>/diagnostics.csv holds one row per model and check: the check's verdict, the statistic
-and its threshold, the accuracies it rests on (JSON), a one-line explanation, and the
-settings it was computed with. A model's rows are reused until one of those settings
+<run>/diagnostics.csv holds one row per model and check: model (`final`, or `best` on
+request), check, passed, value and threshold (passed = value <= threshold), explanation (one
+line), measured (the accuracies it rests on, JSON), then the settings it was computed with
+(model_round, images, eps, step, noise_std, noise_protocol, eot_samples, noise_draws,
+square_queries, eps_grid in 255ths, unbounded_eps, unbounded_steps, few_steps, many_steps) and
+seconds (the model's whole diagnosis). A model's rows are reused until one of those settings
 changes, then replaced. The report takes a flag column from them (`masking_flags`: "ok" or
 the failed checks) and the accuracy-vs-eps curve of every cell.
 """
@@ -15,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from common import protocol, results
 from common.diagnostics import DiagnosticSettings, diagnose, eps_curve, masking_flags
@@ -108,7 +110,8 @@ def diagnose_run(run: Path, model: str = "final", eval_limit: int | None = None,
         rows = diagnose(net, x, y, settings,
                         seed=protocol.eval_seed(cfg.seed, DIAGNOSTIC_TAG), checks=checks)
         seconds = time.perf_counter() - started
-        new = pd.DataFrame([{"model": model, **r, **key, "seconds": seconds} for r in rows])
+        new = pd.DataFrame([{"model": model, **r, **key, "seconds": seconds} for r in rows],
+                           columns=[*CHECK_COLUMNS, *key, "seconds"])
         old = done[done["model"] != model] if not done.empty else done
         done = pd.concat([old, new], ignore_index=True) if not old.empty else new
         results.write_csv(cache, done)
