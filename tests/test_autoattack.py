@@ -20,22 +20,12 @@ from common import autoattack
 from common.data import to_float
 from common.evaluation import EvalSettings, columns, evaluate, parse_attacks
 
+from .toys import single_thread
+
 N = 24  # test images; AutoAttack's cost goes to the robust ones (a handful here)
 SEED = 11
 EPS = 8 / 255
 QUERIES = 500
-
-
-@contextlib.contextmanager
-def single_thread():
-    """The batches here are tiny: on a busy 2-core machine a second thread only waits (10x
-    slower, measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ the same verdicts (measured on 40 and 48 images, and on 200 with the defaults).
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pandas as pd
@@ -26,17 +25,6 @@ from . import toys
 
 N = 40
 CHEAP = DiagnosticSettings(unbounded_steps=10, many_steps=20, square_queries=100)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Small batches: on a busy 2-core machine a second thread only waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Quantized(nn.Module):
@@ -67,7 +55,7 @@ def test_tolerance_is_a_few_images_growing_with_the_square_root():
 
 
 def test_a_normally_trained_model_passes_every_check(trained_model, test_images):
-    with single_thread():
+    with toys.single_thread():
         rows = diagnose(trained_model, *test_images, EvalSettings(()), seed=1, checks=CHEAP)
     assert [r["check"] for r in rows] == list(CHECKS[:4])  # no noise: no EOT check
     assert masking_flags(rows) == "ok", rows
@@ -83,7 +71,7 @@ def test_a_model_that_masks_its_gradient_is_flagged(trained_model, test_images):
     with torch.no_grad():  # the same classifier on clean images
         assert torch.equal(masked(images.float() / 255).argmax(1),
                            trained_model(images.float() / 255).argmax(1))
-    with single_thread():
+    with toys.single_thread():
         rows = by_check(diagnose(masked, images, labels, EvalSettings(()), seed=1,
                                  checks=CHEAP))
     # PGD only ever sees its random start: even an eps of 0.5 leaves the images that survive
@@ -123,7 +111,7 @@ def test_accuracy_that_rises_with_eps_or_steps_is_flagged(model, flagged):
     # 1.72 (past it). LinearToy, fooled for any s > 0.6, is monotone in both.
     n = 16
     quick = DiagnosticSettings(unbounded_steps=2, few_steps=4, many_steps=10, square_queries=10)
-    with single_thread():
+    with toys.single_thread():
         rows = by_check(diagnose(model, toys.grey_uint8(n), torch.zeros(n, dtype=torch.long),
                                  EvalSettings((), eps=2 * toys.EPS), seed=0, checks=quick))
     curve = eps_curve(list(rows.values()))[1]
@@ -146,7 +134,7 @@ def test_noise_that_masks_the_gradient_opens_an_eot_gap(model, flagged):
                             noise_draws=1)
     quick = DiagnosticSettings(unbounded_steps=2, few_steps=2, many_steps=3, square_queries=10,
                                eps_grid=(0.0, toys.EPS))
-    with single_thread():
+    with toys.single_thread():
         rows = by_check(diagnose(model, toys.grey_uint8(n), torch.zeros(n, dtype=torch.long),
                                  settings, seed=0, checks=quick))
     gap = rows["eot_gap"]
@@ -189,7 +177,7 @@ def test_evaluate_and_the_report_write_diagnostics_once_per_setting(data_dir, tm
 
     def evaluate_cli(*extra):
         args = cli._parser().parse_args(["evaluate", str(run), "--attacks", "fgsm", *extra])
-        with single_thread():
+        with toys.single_thread():
             assert cli.cmd_evaluate(args) == 0
         return capsys.readouterr().out
 
