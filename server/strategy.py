@@ -5,7 +5,8 @@ Krum, themselves FedAvg subclasses) with the SharedPool behaviour mixed in:
 - nodes are introduced with a hello query (who they are, how many images they hold, after a
   check that those load) and sampled without the unbounded wait of Flower's sampler; a node
   whose node config or data is broken, or (fl.client-data=local) whose node-name a connected
-  node already has, is refused with the reason: logged, and a clients.csv row;
+  node already has, is refused with the reason: logged, and a clients.csv row (a node that
+  does not answer its hello, typically a restarted node's stale id, is logged and skipped);
 - each train message carries the round's settings and, the first time a node is seen or
   whenever the node no longer holds it, the node's alpha-share of G as uint8 arrays;
 - the model travels packed, one vector per dtype (common.packing): ~200 fewer SuperLink
@@ -129,7 +130,9 @@ class SharedPool:
         why it cannot take part, a num-partitions unlike the others' (partition mode), a
         missing, taken or colliding node-name (local mode)."""
         if reply.has_error():
-            self._refuse(node, f"hello failed: {reply.error.reason}")
+            # Not a refusal but a node gone (e.g. a restarted node's old id, still listed
+            # until its heartbeat expires): logged and skipped, no clients.csv row.
+            self._refuse(node, f"hello failed: {reply.error.reason}", record=False)
             return
         said = reply.content[protocol.NODE] if protocol.NODE in reply.content else {}
         name = str(said.get("node-name", ""))
@@ -178,11 +181,14 @@ class SharedPool:
         return next((n for n, i in self.nodes.items()
                      if i.name == name and n in connected and n != besides), None)
 
-    def _refuse(self, node: int, reason: str, info: NodeInfo | None = None) -> None:
+    def _refuse(self, node: int, reason: str, info: NodeInfo | None = None,
+                record: bool = True) -> None:
         self.refused[node] = reason
         log(WARNING, "Node %d refused: %s", node, reason)
-        self._refusal_rows.append({"node_id": str(node), **self._names(info), "share_sent": 0,
-                                   "status": "refused", "reason": reason.strip()[:500]})
+        if record:
+            self._refusal_rows.append({"node_id": str(node), **self._names(info),
+                                       "share_sent": 0, "status": "refused",
+                                       "reason": reason.strip()[:500]})
 
     def _admit_waiting(self, connected: set[int]) -> None:
         """A node refused for a taken node-name takes part once the holder has left (it is

@@ -25,7 +25,7 @@ from .procs import stop_reason, stop_signal, stop_signals
 from .report import write_report
 from .runner import DEFAULT_TIMEOUT, Resources, run_experiment
 from .seeds import MAX_SEEDS, check_seeds, seed_values, seeded
-from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, study_cells
+from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, select_cells, study_cells
 from .sweep import DEFAULT_OUT, cell_state, run_folder, run_sweep
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError,
@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="grid study only: centralized cells (default: federated)")
     sweep.add_argument("--num-supernodes", type=int, default=10,
                        help="clients of federated cells (default 10)")
+    sweep.add_argument("--cells", default=None, metavar="PATTERN,...",
+                       help="run only the cells whose names match one of these shell patterns "
+                            "(e.g. 'baseline-no-at,partition=classes-*'); default: all")
     _add_seeds(sweep, "every cell")
     sweep.add_argument("--cpus-per-client", type=int, default=None,
                        help="CPU cores per client (default 1; all cores for centralized "
@@ -277,6 +280,8 @@ def cmd_sweep(args) -> int:
     check_seeds(args.seeds)
     cells = study_cells(args.study, args.scale, args.grid, args.centralized,
                         args.num_supernodes)
+    if args.cells is not None:
+        cells = select_cells(cells, args.cells)
     folder = Path(args.out).expanduser().resolve() if args.out else \
         DEFAULT_OUT / f"{args.study}-{args.scale}"
     gpus = _gpus_per_client(args)

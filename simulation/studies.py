@@ -6,6 +6,7 @@ base, plus whether it is centralized (one client with all the data) or federated
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -173,6 +174,18 @@ def grid_study(scale: str, grid: list[str], centralized: bool, clients: int) -> 
     base = scale_base(scale, centralized)
     return [_cell(dict(combo), base, centralized, clients)
             for combo in itertools.product(*axes)]
+
+
+def select_cells(cells: list[Cell], patterns: str) -> list[Cell]:
+    """The cells whose names match one of the comma-separated shell patterns, in study
+    order; a pattern that matches no cell is an error naming the cells there are."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    names = [c.name for c in cells]
+    unmatched = [p for p in wanted if not fnmatch.filter(names, p)]
+    if not wanted or unmatched:
+        raise UsageError(f"--cells {patterns!r}: {', '.join(unmatched) or 'no pattern'} "
+                         f"matches no cell of this study; its cells: {', '.join(names)}")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in wanted)]
 
 
 def study_cells(study: str, scale: str, grid: list[str] | None = None,

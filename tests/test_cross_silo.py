@@ -8,7 +8,7 @@
 - the compose generator mounts one folder per client, and docs/deploy.md shows the commands;
 - a real SuperLink and real SuperNodes, TLS and node authentication on, each node with only
   its own deploy.split folder: the run finishes, a reused name and a truncated batch file are
-  refused and recorded.
+  refused and recorded, and a node whose key the SuperLink does not know never gets in.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
 from client import local_data
 from client.node import NodeConfigError, NodeSettings
@@ -236,12 +236,16 @@ def test_local_client_data_is_refused_where_it_cannot_work():
 
 # --- the strategy: known by name, a taken name refused, shares and draws by name ----------------
 
-def hello_reply(node: int, name: str, examples: int = 100, problem: str = "") -> Message:
-    sent = Message(RecordDict({protocol.CONFIG: ConfigRecord({})}),
+def hello_sent(node: int) -> Message:
+    return Message(RecordDict({protocol.CONFIG: ConfigRecord({})}),
                    metadata=Metadata(run_id=1, message_id=f"hello-{node}", src_node_id=1,
                                      dst_node_id=node, reply_to_message_id="", group_id="",
                                      created_at=time.time(), ttl=60.0,
                                      message_type=protocol.HELLO))
+
+
+def hello_reply(node: int, name: str, examples: int = 100, problem: str = "") -> Message:
+    sent = hello_sent(node)
     said = {"node-name": name, **({"problem": problem} if problem else {})}
     content = RecordDict({protocol.NODE: ConfigRecord(said)})
     if not problem:
@@ -281,6 +285,18 @@ def test_a_taken_node_name_is_refused_until_its_holder_leaves(local_strategy):
     s._admit_waiting({11, 13, 14})  # 12 left (a restart whose old id lingered)
     assert s.nodes[14].name == "site-b" and 14 not in s.refused
     assert s.nodes[14].key == s.nodes[12].key == of_name("site-b")
+
+
+def test_a_node_that_does_not_answer_its_hello_is_skipped_without_a_clients_row(
+        local_strategy):
+    # A restarted node's old id stays listed until its heartbeat expires; its hello fails.
+    # That is a node gone, not a refusal: clients.csv keeps one row per client and round.
+    s = local_strategy
+    failed = Message(Error(code=0, reason="Node Unavailable"), reply_to=hello_sent(16))
+    s.greet(16, failed, connected={16})
+    assert "Node Unavailable" in s.refused[16] and 16 not in s.nodes
+    s.aggregate_train(1, [])
+    assert s.client_rows == []
 
 
 def test_shares_and_draws_follow_the_node_name_not_the_node_id(local_strategy):
@@ -359,13 +375,15 @@ def wait_activated(d: Deployment, node_ids: list[int]) -> None:
 @pytest.mark.flower
 def test_three_silos_with_only_their_own_data_over_tls_a_taken_name_and_a_truncated_file(
         silos, tmp_path):
+    """Also node authentication's refusal of a key the SuperLink never registered (one TLS
+    deployment for both: each costs about a minute)."""
     out_dir, manifest = silos
     broken = tmp_path / "broken"
     shutil.copytree(out_dir / "node-2", broken)
     batch = broken / BATCH_DIR / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:5000])
     certs = tmp_path / "certs"
-    generate(certs, sans=[], nodes=5)
+    generate(certs, sans=[], nodes=5, extra_keys=("node-unregistered",))
     tls = commands.Tls(certs)
     runs = tmp_path / "runs"
     extra = ("fl.client-data='local' fl.partition='iid' fl.num-rounds=1 data.val-size=20 "
@@ -379,7 +397,14 @@ def test_three_silos_with_only_their_own_data_over_tls_a_taken_name_and_a_trunca
         wait_activated(d, ids[:3])  # the three first: a name stays with the first to come
         start_silo(d, "impostor", "node-1", out_dir / "node-2", tls.node_key(3))
         start_silo(d, "broken", "node-broken", broken, tls.node_key(4))
+        start_silo(d, "rogue", "node-rogue", out_dir / "node-0",
+                   tls.node_key("node-unregistered"))
         wait_activated(d, ids[3:])
+        rogue = d.nodes["rogue"]
+        d.wait(lambda: rogue.poll() is not None, 60, "the unregistered SuperNode to be refused",
+               lambda: d.log("rogue")[-2000:])
+        assert rogue.returncode != 0 and "Failed to activate SuperNode" in d.log("rogue")
+        assert set(d.online_nodes()) == set(ids)
         run_id = d.submit(run_config)
         info = d.wait_run(run_id, timeout=420, run_dir=runs / "silos")
         assert info["status"] == "finished:completed", f"{info}\n{d.run_log(run_id)[-4000:]}"

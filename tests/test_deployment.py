@@ -1,5 +1,6 @@
-"""Integration: a real SuperLink and real SuperNodes on 127.0.0.1, insecure and with TLS +
-node authentication, running the RobustFL app submitted with `flwr run`."""
+"""Integration: a real SuperLink and real SuperNodes on 127.0.0.1, running the RobustFL app
+submitted with `flwr run`. TLS with node authentication (and its refusal of an unregistered
+node) runs in test_cross_silo.py's deployment, the containers' in test_containers.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ import math
 
 import pandas as pd
 import pytest
-
-from deploy import commands
-from deploy.certs import generate
 
 from .deployment import Deployment
 
@@ -60,27 +58,3 @@ def test_insecure_superlink_three_supernodes_and_a_misconfigured_one(data_dir, t
     assert [r.endswith("partition-id = 5 must lie in 0..2 (num-partitions = 3)")
             for r in refused["reason"]] == [True]  # and recorded
     assert_two_good_rounds(out / "deployed")
-
-
-def test_tls_with_node_authentication_refuses_an_unregistered_node(data_dir, tmp_path):
-    certs = tmp_path / "certs"
-    generate(certs, sans=[], nodes=3, extra_keys=("node-unregistered",))
-    tls = commands.Tls(certs)
-    out = tmp_path / "runs"
-    with Deployment(tmp_path / "deploy", tls=tls, node_auth=True) as d:
-        d.start_superlink()
-        registered = {d.register(certs / f"node-{i}.pub") for i in range(3)}
-        for i in range(3):
-            d.start_supernode(f"node-{i}", i, 3, data_dir=data_dir, auth_key=tls.node_key(i))
-        rogue = d.start_supernode("rogue", 0, 3, data_dir=data_dir,
-                                  auth_key=tls.node_key("node-unregistered"))
-        d.wait_nodes(3)
-        d.wait(lambda: rogue.poll() is not None, 60, "the unregistered SuperNode to be refused",
-               lambda: d.log("rogue")[-2000:])
-        assert rogue.returncode != 0
-        assert "Failed to activate SuperNode" in d.log("rogue")
-        assert set(d.online_nodes()) == registered
-        run_id = d.submit(tiny_run_config(data_dir, out, "tls"))
-        info = d.wait_run(run_id, timeout=420, run_dir=out / "tls")
-        assert info["status"] == "finished:completed", f"{info}\n{d.run_log(run_id)[-4000:]}"
-    assert_two_good_rounds(out / "tls")

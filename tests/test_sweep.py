@@ -17,7 +17,7 @@ import pytest
 
 from simulation.cli import main as cli_main
 from simulation.overrides import UsageError
-from simulation.studies import study_cells
+from simulation.studies import select_cells, study_cells
 from simulation.sweep import check_same_sweep, seed_configs
 
 from .conftest import ROOT
@@ -137,6 +137,20 @@ def test_seeds_are_checked_before_any_run_starts(command, fragment, tmp_path, ca
     written = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
     assert written == [Path("r-seed1", "rounds.csv")]  # nothing written, nothing touched
     assert (out / "r-seed1" / "rounds.csv").read_text() == "round\n1\n"
+
+
+def test_cells_picks_a_part_of_a_study_and_a_pattern_matching_nothing_is_refused(
+        tmp_path, capsys):
+    cells = study_cells("noniid", "cpu")
+    picked = select_cells(cells, "baseline-no-at, partition=classes-*")
+    assert [c.name for c in picked] == ["baseline-no-at"] + [
+        f"partition=classes-shared-share={s}" for s in ("0.0", "0.2", "0.4", "0.6")]
+    out = tmp_path / "out"
+    assert cli_main(["sweep", "noniid", "--cells", "baseline-no-at,iid-*", "--out",
+                     str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "iid-*" in err and "partition=iid-shared-share=0.0" in err  # names what exists
+    assert not out.exists()
 
 
 def test_run_summary_gives_each_seed_and_the_interval_over_seeds():
