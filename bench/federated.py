@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from common.config import ExperimentConfig
+from common.run_folder import RunStore
 from simulation.overrides import build_config
 from simulation.runner import Resources, run_experiment
 
@@ -53,7 +52,7 @@ CASES = (BASE, Case(2, rounds=2), Case(10, rounds=2), Case(5, width=16, rounds=2
          Case(5, cpus=2, rounds=2))
 
 
-def case_config(case: Case, out_dir: Path, data_dir: Path) -> tuple[ExperimentConfig, dict]:
+def case_config(case: Case, out_dir: Path, data_dir: Path) -> ExperimentConfig:
     """presets/cpu-small.toml shrunk to a few seconds per round: IID (so every K trains on
     the same images), one local epoch, evaluation only after the last round."""
     return build_config([str(PRESETS / "cpu-small.toml")], [
@@ -107,13 +106,13 @@ def makespan(seconds: list[float], workers: int) -> float:
 
 def run_case(case: Case, opts: Options, work: Path, again: bool) -> CaseOutcome:
     """One configuration; `again` repeats the local reference after the harness run."""
-    cfg, overrides = case_config(case, work, opts.data_dir)
+    cfg = case_config(case, work, opts.data_dir)
     data = load_data(opts)
     timed = range(2, case.rounds + 1)
     before = run_local(cfg, data, case.clients, initial_state(cfg))
     began = time.perf_counter()
     with PeakWatcher() as watch:
-        outcome = run_experiment(cfg, overrides, Resources(case.clients, case.cpus),
+        outcome = run_experiment(cfg, Resources(case.clients, case.cpus),
                                  timeout=RUN_TIMEOUT, label=f"bench {case.label}")
     wall = time.perf_counter() - began
     after = run_local(cfg, data, case.clients, before.states[1], first_round=2) if again \
@@ -126,7 +125,7 @@ def run_case(case: Case, opts: Options, work: Path, again: bool) -> CaseOutcome:
     # Same partitions, seeds and initial model: round 1's loss must agree up to float
     # rounding (actors run 1 thread, this process 2; later rounds drift further apart).
     diff = abs(float(rounds.set_index("round")["train_loss"][1]) - before.losses[1])
-    clients = pd.read_csv(outcome.root / "clients.csv")
+    clients = RunStore(outcome.root).clients()
     actors = max(1, len(os.sched_getaffinity(0)) // case.cpus)  # Ray: CPUs / cpus-per-client
     ideal = sum(makespan(list(clients[clients["round"] == r]["train_seconds"]), actors)
                 for r in timed)

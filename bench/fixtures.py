@@ -39,7 +39,7 @@ class Options:
 
 def preset_config(name: str, *assignments: str) -> ExperimentConfig:
     """A preset from presets/ with --set style overrides, validated like the harness does."""
-    cfg, _ = build_config([str(PRESETS / f"{name}.toml")], list(assignments))
+    cfg = build_config([str(PRESETS / f"{name}.toml")], list(assignments))
     return cfg
 
 

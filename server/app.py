@@ -15,16 +15,17 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from common.config import ConfigError, ExperimentConfig
 from common.data import load_cifar10
 from common.device import server_device
 from common.footprint import check_fits
 from common.models import build_model
 from common.packing import Layout
 from common.partition import shared_plan
+from common.run_folder import RunStore
 
 from .central import CentralEvaluator
 from .rounds import RunStopped, run_rounds
-from .store import RunStore, check_config
 from .strategy import make_strategy
 
 app = ServerApp()
@@ -76,6 +77,15 @@ def main(grid: Grid, context: Context) -> None:
         store.set_status("failed", _last_round(store), f"{type(exc).__name__}: {exc}")
         log(ERROR, "Run failed: %s\n%s", exc, traceback.format_exc())
         raise
+
+
+def check_config(flat: dict) -> ExperimentConfig:
+    """Parse the run config, re-raising with a pointer to where keys are documented."""
+    try:
+        return ExperimentConfig.from_flat(flat)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}\n(keys and defaults: pyproject.toml [tool.flwr.app.config]"
+                          " or `python -m simulation keys`)") from None
 
 
 def _last_round(store: RunStore) -> int:

@@ -17,10 +17,10 @@ from flwr.serverapp import Grid
 from common import progress_lines, protocol
 from common.config import ExperimentConfig
 from common.objectives import OverfitWatch
+from common.run_folder import RunStore
 
 from .central import CentralEvaluator
 from .messaging import RoundReporter, exchange
-from .store import RunStore
 from .strategy import NotEnoughNodes, SharedPool
 
 LOSS_KEYS = ("train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc")

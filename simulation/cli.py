@@ -15,18 +15,18 @@ from common.device import GPU_SHARE_RULE, valid_gpu_share
 from common.evaluation import NOISE_PROTOCOLS, SPEC_SYNTAX, parse_attacks
 from common.intervals import format_interval, over_seeds
 from common.partition import PartitionError, check_split
-from server.store import RunStore, RunStoreError
+from common.run_folder import RunStore, RunStoreError
 
 from .engine import RAY_ADDRESS_ENV, EngineError, check_ray_address, cluster_address
 from .diagnostics import diagnose_run
-from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run
+from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, FinalEval, evaluate_run
 from .overrides import UsageError, absolutize_paths, build_config, parse_assignment
 from .procs import stop_reason, stop_signal, stop_signals
 from .report import write_report
 from .runner import DEFAULT_TIMEOUT, Resources, run_experiment
 from .seeds import MAX_SEEDS, check_seeds, seed_values, seeded
-from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, select_cells, study_cells
-from .sweep import DEFAULT_OUT, cell_state, run_folder, run_sweep
+from .studies import FINAL_EVAL_LIMIT, SCALES, STUDIES, Scope, select_cells
+from .sweep import DEFAULT_OUT, cell_state, evaluate_runs, run_sweep
 
 USER_ERRORS = (ConfigError, DataError, PartitionError, RunStoreError, UsageError, EngineError,
                FileNotFoundError)
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("keys", help="list every run-config key with its default")
 
     sweep = sub.add_parser("sweep", help="run a study (a grid of runs) and write its report")
-    sweep.add_argument("study", choices=STUDIES)
+    sweep.add_argument("study", choices=list(STUDIES))
     sweep.add_argument("--scale", choices=SCALES, default="cpu",
                        help="paper (GPU), cpu (minutes per cell on 2 cores) or toy (seconds)")
     sweep.add_argument("--out", default=None, metavar="DIR",
@@ -181,8 +181,8 @@ def _cpus_per_client(args) -> int | None:
     return args.cpus_per_client
 
 
-def _seed_runs(cfg, overrides, seeds: int, resources: Resources) -> list[tuple]:
-    """(seed, config, overrides, skip) of each seed of a run, all checked before the first
+def _seed_runs(cfg, seeds: int, resources: Resources) -> list[tuple]:
+    """(seed, config, skip) of each seed of a run, all checked before the first
     starts. With resume=true and several seeds, a finished seed is skipped, one with a
     checkpoint continues and one without starts afresh."""
     if seeds > 1 and cfg.resume_from:
@@ -190,39 +190,38 @@ def _seed_runs(cfg, overrides, seeds: int, resources: Resources) -> list[tuple]:
                          "--set resume=true, which continues every seed from its own folder")
     runs = []
     for seed in seed_values(cfg.seed, seeds):
-        seed_cfg, seed_overrides = seeded(cfg, overrides, seed)
+        seed_cfg = seeded(cfg, seed)
         state = cell_state(seed_cfg) if seeds > 1 and cfg.resume else None
         if state == "new":  # never started: resume=true would find no checkpoint
             seed_cfg = seed_cfg.replace(resume=False)
-            seed_overrides = {**seed_overrides, "resume": False}
         if state != "finished":
             check_split(seed_cfg, resources.num_supernodes)  # the split is drawn from it
             RunStore.locate(seed_cfg)  # existing results, a wrong checkpoint: refused now
-        runs.append((seed, seed_cfg, seed_overrides, state == "finished"))
+        runs.append((seed, seed_cfg, state == "finished"))
     return runs
 
 
 def cmd_run(args, centralized: bool) -> int:
     check_seeds(args.seeds)
-    cfg, overrides = build_config(args.preset, args.assignments, centralized)
+    cfg = build_config(args.preset, args.assignments, centralized)
     resources = _resources(args, centralized)
     ray_address = _ray_address(args)
     if cfg.fl.min_nodes > resources.num_supernodes:
         raise UsageError(f"fl.min-nodes={cfg.fl.min_nodes} is more than the "
                          f"{resources.num_supernodes} simulated supernodes; lower it or add "
                          "--num-supernodes")
-    runs = _seed_runs(cfg, overrides, args.seeds, resources)
+    runs = _seed_runs(cfg, args.seeds, resources)
     label = "centralized" if centralized else f"{resources.num_supernodes} clients"
     finished, statuses = {}, []  # finished: seed -> its rounds
-    for seed, seed_cfg, seed_overrides, skip in runs:
+    for seed, seed_cfg, skip in runs:
         name = label + (f", seed {seed}" if args.seeds > 1 else "")
         if skip:
             print(f"[{name}] finished earlier: skipped", flush=True)
-            finished[seed] = pd.read_csv(run_folder(seed_cfg) / "rounds.csv")
+            finished[seed] = RunStore.of(seed_cfg).rounds()
             statuses.append("finished")
             continue
-        outcome = run_experiment(seed_cfg, seed_overrides, resources, args.verbose,
-                                 args.timeout, name, ray_address)
+        outcome = run_experiment(seed_cfg, resources, args.verbose, args.timeout, name,
+                                 ray_address)
         if not outcome.rounds.empty:
             shown = [c for c in SUMMARY_COLUMNS if c in outcome.rounds]
             print(outcome.rounds[shown].to_string(index=False, float_format="%.3f"))
@@ -278,8 +277,9 @@ def cmd_sweep(args) -> int:
     extra = absolutize_paths(extra)
     _check_attacks(args)
     check_seeds(args.seeds)
-    cells = study_cells(args.study, args.scale, args.grid, args.centralized,
-                        args.num_supernodes)
+    study = STUDIES[args.study]
+    cells = study.cells(Scope(args.scale, args.num_supernodes, tuple(args.grid),
+                              args.centralized))
     if args.cells is not None:
         cells = select_cells(cells, args.cells)
     folder = Path(args.out).expanduser().resolve() if args.out else \
@@ -295,9 +295,10 @@ def cmd_sweep(args) -> int:
     print("final evaluation of every finished cell ...", flush=True)
     limit = args.final_eval_limit if args.final_eval_limit is not None else \
         FINAL_EVAL_LIMIT[args.scale]
-    report = write_report(args.study, outcomes, folder, attacks=args.attacks,
-                          noise_attacks=args.noise_attacks, eval_limit=limit,
-                          diagnostics=not args.no_diagnostics)
+    final = FinalEval(args.attacks, args.noise_attacks, limit, study.noise_levels,
+                      diagnostics=not args.no_diagnostics)
+    evaluate_runs(outcomes, final)
+    report = write_report(study, outcomes, folder, final)
     print(f"report: {report / 'tables.md'}")
     unfinished = [o.cell.name + (f" (seed {o.seed})" if args.seeds > 1 else "")
                   for o in outcomes if o.status != "finished"]
@@ -324,16 +325,17 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"--noise-std expects numbers like 0,0.05, got {args.noise_std!r}")
     _check_attacks(args)
     run = Path(args.run).expanduser().resolve()
-    if not (run / "final.pt").is_file():
-        raise UsageError(f"{run} has no final.pt: the run has not finished")
+    store = RunStore(run)
+    if not store.final_path.is_file():
+        raise UsageError(f"{run} has no {store.final_path.name}: the run has not finished")
     frame = evaluate_run(run, levels, args.attacks, args.eval_limit, args.data_dir,
                          args.noise_attacks, args.noise_protocol)
     print(frame.drop(columns=["attacks"]).to_string(index=False, float_format="%.3f"))
-    print(f"saved: {run / 'final_eval.csv'}")
+    print(f"saved: {store.final_eval_csv}")
     if not args.no_diagnostics:
         checks = diagnose_run(run, eval_limit=args.eval_limit, data_dir=args.data_dir)
         print(checks[["check", "passed", "explanation"]].to_string(index=False))
-        print(f"saved: {run / 'diagnostics.csv'}")
+        print(f"saved: {store.diagnostics_csv}")
     return 0
 
 

@@ -23,8 +23,9 @@ from common import protocol, results
 from common.diagnostics import DiagnosticSettings, diagnose, eps_curve, masking_flags
 from common.evaluation import EvalSettings
 from common.models import build_model
+from common.run_folder import RunStore
 
-from .final_eval import _state_dict, _test_subset, load_run_config, run_models
+from .final_eval import _test_subset
 
 DIAGNOSTIC_TAG = 20_000  # keeps the diagnostics' attack seed apart from the evaluations'
 CHECK_COLUMNS = ["model", "check", "passed", "value", "threshold", "explanation", "measured"]
@@ -74,6 +75,22 @@ def _matches(frame: pd.DataFrame, model: str, key: dict[str, Any]) -> bool:
     return True
 
 
+def _request(store: RunStore, model: str, eval_limit: int | None, images: int | None,
+             checks: DiagnosticSettings | None):
+    """The run's config, the images, the checks and the cache key of one model's rows."""
+    cfg = store.config()
+    models = store.saved_models(cfg)
+    if model not in models:
+        raise ValueError(f"{store.root} has no {model} model to diagnose (it has: "
+                         f"{', '.join(models)})")
+    limit = cfg.data.eval_limit if eval_limit is None else eval_limit
+    count = images or cfg.eval.diagnostic_images
+    if limit > 0:
+        count = min(count, limit)  # a prefix of the final evaluation's balanced subset
+    checks = checks or DiagnosticSettings(square_queries=cfg.eval.diagnostic_queries)
+    return cfg, count, checks, _settings_key(cfg, count, model, models[model], checks)
+
+
 def diagnose_run(run: Path, model: str = "final", eval_limit: int | None = None,
                  data_dir: str | None = None, images: int | None = None,
                  checks: DiagnosticSettings | None = None) -> pd.DataFrame:
@@ -87,24 +104,15 @@ def diagnose_run(run: Path, model: str = "final", eval_limit: int | None = None,
     eval.step and test-time noise (eval.noise-std, eval.noise-protocol), Square with
     eval.diagnostic-queries queries unless `checks` says otherwise.
     """
-    cfg = load_run_config(run)
-    models = run_models(run, cfg)
-    if model not in models:
-        raise ValueError(f"{run} has no {model} model to diagnose (it has: "
-                         f"{', '.join(models)})")
-    limit = cfg.data.eval_limit if eval_limit is None else eval_limit
-    count = images or cfg.eval.diagnostic_images
-    if limit > 0:
-        count = min(count, limit)  # a prefix of the final evaluation's balanced subset
-    checks = checks or DiagnosticSettings(square_queries=cfg.eval.diagnostic_queries)
-    key = _settings_key(cfg, count, model, models[model], checks)
-    cache = run / "diagnostics.csv"
+    store = RunStore(run)
+    cfg, count, checks, key = _request(store, model, eval_limit, images, checks)
+    cache = store.diagnostics_csv
     done = results.read_csv(cache)
     if not _matches(done, model, key):
         started = time.perf_counter()
         x, y = _test_subset(cfg, count, data_dir)
         net = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
-        net.load_state_dict(_state_dict(run, model))
+        net.load_state_dict(store.model_state(model))
         net.to(x.device)
         settings = EvalSettings.from_config(cfg.eval, attacks=())
         rows = diagnose(net, x, y, settings,
@@ -116,6 +124,22 @@ def diagnose_run(run: Path, model: str = "final", eval_limit: int | None = None,
         done = pd.concat([old, new], ignore_index=True) if not old.empty else new
         results.write_csv(cache, done)
         done = results.read_csv(cache)  # as a later call reads it back
+    return done[done["model"] == model].reset_index(drop=True)
+
+
+def diagnosed_rows(run: Path, model: str = "final", eval_limit: int | None = None,
+                   images: int | None = None,
+                   checks: DiagnosticSettings | None = None) -> pd.DataFrame:
+    """The rows diagnose_run returns, read from <run>/diagnostics.csv without computing
+    anything: rows it does not hold with these settings are an error (the sweep diagnoses
+    first)."""
+    store = RunStore(run)
+    _, _, _, key = _request(store, model, eval_limit, images, checks)
+    done = results.read_csv(store.diagnostics_csv)
+    if not _matches(done, model, key):
+        raise ValueError(f"{store.diagnostics_csv} holds no rows of the {model} model with "
+                         "these settings: diagnose the run first (a sweep does; or `python "
+                         "-m simulation evaluate`)")
     return done[done["model"] == model].reset_index(drop=True)
 
 

@@ -10,8 +10,8 @@ on its validation split, `best` (best.pt); the test set only measures them, it s
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,44 +23,13 @@ from common.data import load_cifar10
 from common.evaluation import NOISE_PROTOCOLS, EvalSettings, evaluate, parse_attacks
 from common.models import build_model
 from common.partition import eval_indices
+from common.run_folder import RunStore
 
 # Against the plain model: the strong white-box attacks. Through the test-time noise: the
 # paper's protocol (FGSM), the same PGD, and the adaptive EOT-PGD that averages the noise.
 HONEST_ATTACKS = "fgsm,pgd20,pgd50x5,cw20,deepfool"
 HONEST_NOISE_ATTACKS = "fgsm,pgd20,eot-pgd20"
 FINAL_ROUND_TAG = 10_000  # keeps the post-hoc evaluation's seed apart from the rounds'
-MODELS = ("final", "best")
-
-
-def load_run_config(run: Path) -> ExperimentConfig:
-    path = run / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run} has no config.json; is it a RobustFL run folder?")
-    return ExperimentConfig.from_flat(json.loads(path.read_text())["config"])
-
-
-def run_models(run: Path, cfg: ExperimentConfig) -> dict[str, int]:
-    """The models of a finished run to evaluate, with the round each comes from: `final`
-    always, `best` when the run wrote best.pt (data.val-size > 0)."""
-    models = {"final": cfg.fl.num_rounds}
-    best = run / "best.pt"
-    if best.is_file():
-        models["best"] = int(_load_best(best)["round"])
-    return models
-
-
-def _load_best(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} cannot be read ({exc}); it is corrupt or not a RobustFL "
-                         "best.pt: delete it to evaluate only final.pt") from None
-
-
-def _state_dict(run: Path, model: str) -> dict[str, torch.Tensor]:
-    if model == "best":
-        return _load_best(run / "best.pt")["model"]
-    return torch.load(run / "final.pt", map_location="cpu", weights_only=True)
 
 
 def _tag_old_rows(done: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame:
@@ -72,6 +41,71 @@ def _tag_old_rows(done: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame:
     done.loc[untagged, "model"] = "final"
     done.loc[untagged, "model_round"] = cfg.fl.num_rounds
     return done
+
+
+@dataclass(frozen=True)
+class FinalEval:
+    """The final evaluation a sweep runs on every finished run and its report reads back:
+    the attacks on the plain model and through the noise, the test images (None: each run's
+    data.eval-limit; 0: all), the test-time noise levels besides 0 and the run's own, and
+    whether the gradient-masking diagnostics of the final model run too."""
+
+    attacks: str = HONEST_ATTACKS
+    noise_attacks: str = HONEST_NOISE_ATTACKS
+    eval_limit: int | None = None
+    noise_levels: tuple[float, ...] = ()
+    diagnostics: bool = True
+
+    def levels(self, cfg: ExperimentConfig) -> list[float]:
+        """The noise levels a run is evaluated at: 0, its own eval.noise-std, the study's."""
+        return sorted({0.0, cfg.eval.noise_std, *self.noise_levels})
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The rows one evaluation of a run asks for, and which cached rows are those rows."""
+
+    cfg: ExperimentConfig
+    models: dict[str, int]  # model -> the round it comes from
+    attacks: str
+    noise_attacks: str
+    limit: int
+    noise_protocol: str
+
+    @classmethod
+    def of(cls, store: RunStore, attacks: str, eval_limit: int | None, noise_attacks: str,
+           noise_protocol: str | None) -> _Request:
+        cfg = store.config()
+        protocol_name = noise_protocol or cfg.eval.noise_protocol
+        if protocol_name not in NOISE_PROTOCOLS:
+            raise ValueError(f"noise protocol {protocol_name!r}: write one of "
+                             f"{', '.join(NOISE_PROTOCOLS)}")
+        return cls(cfg, store.saved_models(cfg), attacks, noise_attacks,
+                   cfg.data.eval_limit if eval_limit is None else eval_limit, protocol_name)
+
+    def spec(self, sigma: float, model: str = "final") -> dict:
+        """The settings that define a row: its cache key."""
+        cfg = self.cfg
+        return {"noise_std": sigma, "attacks": self.attacks if sigma == 0 else
+                self.noise_attacks, "eval_limit": self.limit,
+                "noise_protocol": "none" if sigma == 0 else self.noise_protocol,
+                "noise_draws": cfg.eval.noise_draws, "square_queries": cfg.eval.square_queries,
+                "model": model, "model_round": self.models[model]}
+
+    def cached(self, done: pd.DataFrame, sigma: float, model: str) -> pd.Series:
+        if done.empty or not set(self.spec(sigma, model)) <= set(done.columns):
+            return pd.Series(False, index=done.index)  # rows from before a key existed
+        return pd.concat([done[k] == v for k, v in self.spec(sigma, model).items()],
+                         axis=1).all(axis=1)
+
+    def missing(self, done: pd.DataFrame, levels: list[float]) -> list[tuple[str, float]]:
+        return [(model, s) for model in self.models for s in levels
+                if not self.cached(done, s, model).any()]
+
+    def select(self, done: pd.DataFrame, levels: list[float]) -> pd.DataFrame:
+        keep = pd.concat([self.cached(done, s, m) for s in levels for m in self.models],
+                         axis=1).any(axis=1)
+        return done[keep].reset_index(drop=True)
 
 
 def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATTACKS,
@@ -88,45 +122,27 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
     reused only when all of them match. When best.pt is the last round's model, its rows
     are the final rows, copied rather than evaluated twice.
     """
-    cfg = load_run_config(run)
-    cache = run / "final_eval.csv"
+    store = RunStore(run)
+    request = _Request.of(store, attacks, eval_limit, noise_attacks, noise_protocol)
+    cfg, models = request.cfg, request.models
+    cache = store.final_eval_csv
     done = _tag_old_rows(results.read_csv(cache), cfg)
-    limit = cfg.data.eval_limit if eval_limit is None else eval_limit
-    protocol_name = noise_protocol or cfg.eval.noise_protocol
-    if protocol_name not in NOISE_PROTOCOLS:
-        raise ValueError(f"noise protocol {protocol_name!r}: write one of "
-                         f"{', '.join(NOISE_PROTOCOLS)}")
-    models = run_models(run, cfg)
-
-    def spec(sigma: float, model: str = "final") -> dict:
-        """The settings that define a row: its cache key."""
-        return {"noise_std": sigma, "attacks": attacks if sigma == 0 else noise_attacks,
-                "eval_limit": limit,
-                "noise_protocol": "none" if sigma == 0 else protocol_name,
-                "noise_draws": cfg.eval.noise_draws, "square_queries": cfg.eval.square_queries,
-                "model": model, "model_round": models[model]}
-
-    def cached(sigma: float, model: str):
-        if done.empty or not set(spec(sigma, model)) <= set(done.columns):
-            return pd.Series(False, index=done.index)  # rows from before a key existed
-        return pd.concat([done[k] == v for k, v in spec(sigma, model).items()],
-                         axis=1).all(axis=1)
-
-    keys = list(spec(0.0))
+    keys = list(request.spec(0.0))
     test_set = None
     for model in models:
-        wanted = [s for s in noise_levels if not cached(s, model).any()]
+        wanted = [s for s in noise_levels if not request.cached(done, s, model).any()]
         if not wanted:
             continue
         if model == "best" and models["best"] == models["final"]:
             # The same round's model: its rows are the final rows (evaluated just above).
-            rows = [{**done[cached(s, "final")].iloc[0].to_dict(), **spec(s, "best")}
-                    for s in wanted]
+            rows = [{**done[request.cached(done, s, "final")].iloc[0].to_dict(),
+                     **request.spec(s, "best")} for s in wanted]
         else:
             if test_set is None:
-                test_set = _test_subset(cfg, limit, data_dir)
-            rows = _evaluate_model(cfg, _state_dict(run, model), test_set, wanted,
-                                   lambda s, m=model: spec(s, m), protocol_name)
+                test_set = _test_subset(cfg, request.limit, data_dir)
+            rows = _evaluate_model(cfg, store.model_state(model), test_set, wanted,
+                                   lambda s, m=model: request.spec(s, m),
+                                   request.noise_protocol)
         if not done.empty:  # the old rows, tagged, before any new row joins them
             if not set(keys) <= set(done.columns):
                 # Rows from before a key existed stay, never matched: their convention was
@@ -134,9 +150,24 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
                 done = done.reindex(columns=[*keys, *done.columns.difference(keys)])
             results.write_csv(cache, done)
         done = results.upsert_rows(cache, rows, keys=keys)
-    keep = pd.concat([cached(s, m) for s in noise_levels for m in models],
-                     axis=1).any(axis=1)
-    return done[keep].reset_index(drop=True)
+    return request.select(done, noise_levels)
+
+
+def evaluated_rows(run: Path, noise_levels: list[float], attacks: str = HONEST_ATTACKS,
+                   eval_limit: int | None = None, noise_attacks: str = HONEST_NOISE_ATTACKS,
+                   noise_protocol: str | None = None) -> pd.DataFrame:
+    """The rows evaluate_run returns, read from <run>/final_eval.csv without evaluating
+    anything: a row it does not hold yet is an error (the sweep evaluates first)."""
+    store = RunStore(run)
+    request = _Request.of(store, attacks, eval_limit, noise_attacks, noise_protocol)
+    done = _tag_old_rows(results.read_csv(store.final_eval_csv), request.cfg)
+    missing = request.missing(done, noise_levels)
+    if missing:
+        raise ValueError(f"{store.final_eval_csv} holds no rows of "
+                         + ", ".join(f"{m} at noise {s:g}" for m, s in missing)
+                         + f" for attacks {attacks!r} / {noise_attacks!r}: evaluate the run "
+                         "first (a sweep does; or `python -m simulation evaluate`)")
+    return request.select(done, noise_levels)
 
 
 def _test_subset(cfg: ExperimentConfig, limit: int, data_dir: str | None):

@@ -71,8 +71,8 @@ def absolutize_paths(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(presets: list[str], assignments: list[str], centralized: bool = False
-                 ) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The validated config and the overrides (relative to the defaults) to send to Flower."""
+                 ) -> ExperimentConfig:
+    """The validated config of presets, then --set assignments, on top of the defaults."""
     overrides: dict[str, Any] = {}
     for preset in presets:
         overrides.update(load_preset(preset))
@@ -82,8 +82,16 @@ def build_config(presets: list[str], assignments: list[str], centralized: bool =
     if centralized:
         overrides.update(CENTRALIZED)
     overrides = absolutize_paths(overrides)
-    cfg = ExperimentConfig.from_flat({**defaults(), **overrides})  # raises ConfigError
-    return cfg, overrides
+    return ExperimentConfig.from_flat({**defaults(), **overrides})  # raises ConfigError
 
 
-__all__ = ["CENTRALIZED", "ConfigError", "UsageError", "build_config", "load_preset"]
+def flower_overrides(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What Flower's run config gets on top of pyproject.toml's defaults, which are the
+    config's own (tests/test_config.py): every key whose value differs from them. The config
+    is the one thing the harness passes down; this is derived from it when a run starts."""
+    base = defaults()
+    return {k: v for k, v in cfg.to_flat().items() if v != base[k]}
+
+
+__all__ = ["CENTRALIZED", "ConfigError", "UsageError", "build_config", "flower_overrides",
+           "load_preset"]

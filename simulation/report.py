@@ -1,5 +1,9 @@
 """A sweep's report: one tidy table, markdown tables shaped like the paper's, and figures.
 
+Generic: the study (simulation/studies) names its own tables and figures; the runs' final
+evaluation and diagnostics are read from their caches (<run>/final_eval.csv,
+<run>/diagnostics.csv), which the sweep fills before it reports (sweep.evaluate_runs).
+
 report/results.csv, results.parquet   one row per cell and seed: what varied, the seed,
                                       the config, final accuracies (training-time and
                                       honest final evaluation) and eval_examples (the test
@@ -21,13 +25,15 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from common import results
-from common.config import key_type
 from common.intervals import Interval, difference, format_interval, over_seeds
+from common.run_folder import ROUNDS_CSV, RunStore
 
-from .final_eval import HONEST_ATTACKS, HONEST_NOISE_ATTACKS, evaluate_run, load_run_config
 from .claims import evaluate_claims
-from .diagnostics import FLAG_NOTE, accuracy_vs_eps_figure, diagnose_run, report_columns
-from .studies import NOISE_LEVELS, Cell, claim_table
+from .diagnostics import FLAG_NOTE, accuracy_vs_eps_figure, diagnosed_rows, report_columns
+from .figures import accuracy_per_round
+from .final_eval import FinalEval, evaluated_rows
+from .studies import Cell, Study
+from .tables import accuracy_columns, estimates, finished, present, strong_attack_columns
 
 # The paper's headline number is FGSM through test-time noise; every other L-inf attack of
 # the final evaluation (PGD, PGD with restarts, C&W, EOT-PGD) competes for "strongest".
@@ -43,22 +49,7 @@ class CellRun(NamedTuple):
     seed: int | None = None
 
 
-def accuracy_columns(table: pd.DataFrame) -> list[str]:
-    """The final evaluation's columns, natural first, in the order they were evaluated."""
-    cols = [c for c in table.columns if (c.endswith("_acc") or c.endswith("_median_l2"))
-            and not c.startswith("train_") and "@" not in c]
-    return sorted(cols, key=lambda c: (not c.startswith("natural"), "_noise" in c))
-
-
-def strong_attack_columns(table: pd.DataFrame) -> list[str]:
-    # DeepFool measures an L2 distance, a different threat model: it does not compete. The
-    # worst case is the union of the attacks, not one of them.
-    return [c for c in accuracy_columns(table) if c.endswith("_acc")
-            and not c.startswith(("natural", "deepfool", "fgsm", "worst", "best"))]
-
-
-def _final_round(run: Path) -> dict[str, Any]:
-    rounds = results.read_csv(run / "rounds.csv")
+def _final_round(rounds: pd.DataFrame) -> dict[str, Any]:
     if rounds.empty:
         return {}
     evaluated = rounds.dropna(subset=["natural_acc"])
@@ -85,47 +76,49 @@ def _best_columns(best: pd.DataFrame, sigma: float) -> dict[str, Any]:
             "best_strongest": min((acc[c] for c in strong), default=math.nan)}
 
 
-def _examples(final: pd.DataFrame) -> float:
+def _examples(rows: pd.DataFrame) -> float:
     """The test images the final evaluation used: counted (eval_examples), else its limit
     when that is a count (rows cached before the count was recorded); nan if unknown."""
-    if "eval_examples" in final and final["eval_examples"].notna().any():
-        return float(final["eval_examples"].dropna().iloc[0])
-    limits = final["eval_limit"].dropna() if "eval_limit" in final else pd.Series(dtype=float)
+    if "eval_examples" in rows and rows["eval_examples"].notna().any():
+        return float(rows["eval_examples"].dropna().iloc[0])
+    limits = rows["eval_limit"].dropna() if "eval_limit" in rows else pd.Series(dtype=float)
     return float(limits.iloc[0]) if len(limits) and limits.iloc[0] > 0 else math.nan
 
 
-def collect(outcomes: list[CellRun | tuple], noise_levels: list[float],
-            attacks: str = HONEST_ATTACKS, noise_attacks: str = HONEST_NOISE_ATTACKS,
-            eval_limit: int | None = None,
-            diagnostics: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per run (cell and seed), and every run's per-round rows."""
+def collect(outcomes: list[CellRun | tuple], final: FinalEval
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per run (cell and seed), and every run's per-round rows; a finished run's
+    final evaluation (and diagnostics, if asked for) as `final` cached them."""
+    noise_levels = final.noise_levels
     rows, per_round = [], []
     for cell, run, status, seed in (CellRun(*o) for o in outcomes):
-        if seed is None and (run / "config.json").is_file():
-            seed = load_run_config(run).seed
+        store = RunStore(run)
+        if seed is None and store.config_path.is_file():
+            seed = store.config().seed
         row: dict[str, Any] = {"cell": cell.name, "seed": seed, "run": run.name,
                                "status": status, **{k: v for k, v in cell.varied.items()}}
         row["seed"] = seed  # the run's, also where a grid varies the key `seed`
         if status == "finished":
-            cfg = load_run_config(run)
+            cfg = store.config()
+            rounds = store.rounds()
             row.update({"activation": cfg.model.activation, "schedule": cfg.train.schedule,
                         "partition": cfg.fl.partition, "share": cfg.fl.shared_share,
                         "objective": cfg.train.objective,
                         "adversarial": cfg.train.adversarial,
                         "train_noise": cfg.train.noise_std, "width": cfg.model.width,
                         "clients": cell.num_supernodes})
-            row.update(_final_round(run))
-            levels = sorted({0.0, cfg.eval.noise_std, *noise_levels})
-            final = evaluate_run(run, levels, attacks, eval_limit,
-                                 noise_attacks=noise_attacks)
-            best, final = final[final["model"] == "best"], final[final["model"] == "final"]
+            row.update(_final_round(rounds))
+            evaluated = evaluated_rows(run, final.levels(cfg), final.attacks,
+                                       final.eval_limit, final.noise_attacks)
+            best = evaluated[evaluated["model"] == "best"]
+            last = evaluated[evaluated["model"] == "final"]
             row.update(_best_columns(best, cfg.eval.noise_std))
-            noisy = final[final["noise_std"] > 0]
-            row["eval_examples"] = _examples(final)
+            noisy = last[last["noise_std"] > 0]
+            row["eval_examples"] = _examples(last)
             row["noise_protocol"] = ",".join(sorted(set(noisy["noise_protocol"]))) or "none"
-            if diagnostics:  # gradient-masking checks of the final model: diagnostics.csv
-                row.update(report_columns(diagnose_run(run, eval_limit=eval_limit)))
-            for _, r in final.iterrows():
+            if final.diagnostics:  # gradient-masking checks of the final model
+                row.update(report_columns(diagnosed_rows(run, eval_limit=final.eval_limit)))
+            for _, r in last.iterrows():
                 sigma = r["noise_std"]
                 for k, v in r.items():
                     if k.endswith("_acc") or k.endswith("_median_l2"):
@@ -135,7 +128,6 @@ def collect(outcomes: list[CellRun | tuple], noise_levels: list[float],
                             row[k] = v
                         if sigma in noise_levels and sigma > 0 and "_noise" in k:
                             row[f"{k}@{sigma:g}"] = v  # the noise study's sweep over sigma
-            rounds = results.read_csv(run / "rounds.csv")
             if "catastrophic_overfitting" in rounds:  # fgsm-rs' check (common.objectives)
                 row["overfit_rounds"] = int(rounds["catastrophic_overfitting"].sum())
             per_round.append(rounds.assign(cell=cell.name, seed=seed))
@@ -181,7 +173,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     the mean over its seeds with a Student-t interval, or with one seed the value with the
     Wilson interval over its evaluation images; protocol_overstatement the interval of the
     difference (paired by seed, or Newcombe's); `seeds` the number of finished seeds."""
-    done = table[table["status"] == "finished"] if "status" in table else table
+    done = finished(table)
     if done.empty:
         return pd.DataFrame()
     metrics = metric_columns(done)
@@ -207,11 +199,6 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = len(runs)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def estimates(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary with each Interval replaced by its estimate (the mean over seeds)."""
-    return summary.map(lambda v: v.estimate if isinstance(v, Interval) else v)
 
 
 def noise_protocol_line(table: pd.DataFrame) -> str:
@@ -250,40 +237,13 @@ def markdown_table(frame: pd.DataFrame, percent: tuple[str, ...] = ()) -> str:
     return "\n".join([header, rule, *body])
 
 
-def _present(table: pd.DataFrame, columns: list[str]) -> list[str]:
-    return [c for c in columns if c in table.columns]
-
-
-def study_tables(study: str, table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def study_tables(study: Study, table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, table) pairs shaped like the paper's tables for this study."""
-    done = table[table["status"] == "finished"] if "status" in table else table
+    done = finished(table)
     if done.empty:
         return []
-    acc = accuracy_columns(done) + _present(done, ["protocol_overstatement", "masking_flags"])
-    if study == "activation":
-        cols = _present(done, ["cell", "activation", "schedule", *acc])
-        out = [("Activation x learning rate (centralized)",
-                done[cols].sort_values(["schedule", "activation"]))]
-        return out
-    if study == "noniid":
-        cols = _present(done, ["cell", "partition", "share", *acc])
-        return [("Data sharing x partition (federated)",
-                 done[cols].sort_values(["partition", "share"]))]
-    if study == "objectives":
-        cols = _present(done, ["cell", "objective", "partition", "share", *acc, "strongest",
-                               "overfit_rounds"])
-        return [("Objective x partition x sharing (federated)",
-                 done[cols].sort_values(["partition", "share", "objective"])),
-                ("The paper's claim: mixed with 40% sharing vs CalFAT without sharing",
-                 claim_table(estimates(done),  # means over seeds; intervals: the claims
-                             _present(done, [*accuracy_columns(done), "strongest"])))]
-    if study == "noise":
-        noise_cols = sorted(c for c in done.columns if "_noise_acc@" in c)
-        cols = _present(done, ["cell", "train_noise", "adversarial", "natural_acc", *noise_cols,
-                               "masking_flags"])
-        return [("Test-time noise sigma x training noise (centralized)", done[cols])]
-    varied = [c for c in done.columns if key_type(c) is not None]  # the grid's axes
-    return [("All cells", done[_present(done, ["cell", *varied, *acc])])]
+    acc = accuracy_columns(done) + present(done, ["protocol_overstatement", "masking_flags"])
+    return study.tables(done, acc)
 
 
 def overstatement_text(summary: pd.DataFrame) -> str:
@@ -318,7 +278,7 @@ def overstatement_text(summary: pd.DataFrame) -> str:
 
 def claims_section(table: pd.DataFrame) -> list[str]:
     """The paper's claims that this sweep's cells can test, each with its verdict."""
-    done = table[table["status"] == "finished"] if "status" in table else table
+    done = finished(table)
     claims = evaluate_claims(done) if {"cell", "seed"} <= set(done.columns) else \
         pd.DataFrame()
     lines = ["## The paper's claims", ""]
@@ -346,99 +306,17 @@ def interval_note(summary: pd.DataFrame) -> str:
     return "mean ± 95% interval over each cell's seeds (column seeds)"
 
 
-def figures(study: str, table: pd.DataFrame, per_round: pd.DataFrame, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    done = table[table["status"] == "finished"] if "status" in table else table
+def figures(study: Study, table: pd.DataFrame, per_round: pd.DataFrame,
+            folder: Path) -> list[Path]:
+    """The study's own figures, then those of every study: accuracy per round and the
+    accuracy-vs-eps curves of the diagnostics."""
+    done = finished(table)
     if done.empty:
-        return made
-
-    def save(fig, name):
-        path = folder / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        made.append(path)
-
-    robust = [c for c in ("fgsm_noise_acc", "pgd20_acc", "eot_pgd20_noise_acc")
-              if c in done.columns] or [c for c in accuracy_columns(done)
-                                        if c.endswith("_acc") and not c.startswith("natural")][:1]
-    # The activation study, or any grid over activations (a reduced activation study).
-    if robust and "activation" in done.columns and (study == "activation"
-                                                    or done["activation"].nunique() > 1):
-        schedules = sorted(done["schedule"].dropna().unique())
-        fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5),
-                                 squeeze=False, sharey=True)
-        for ax, schedule in zip(axes[0], schedules):
-            part = done[(done["schedule"] == schedule) & (done["adversarial"] == True)]  # noqa: E712
-            ax.scatter(100 * part["natural_acc"], 100 * part[robust[0]], label=robust[0])
-            if "pgd20_acc" in part:
-                ax.scatter(100 * part["natural_acc"], 100 * part["pgd20_acc"], marker="x",
-                           label="pgd20_acc")
-            for _, r in part.iterrows():
-                ax.annotate(r["activation"], (100 * r["natural_acc"], 100 * r[robust[0]]),
-                            fontsize=8, xytext=(3, 3), textcoords="offset points")
-            ax.set(title=f"{schedule} learning rate", xlabel="natural accuracy (%)",
-                   ylabel="robust accuracy (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        save(fig, "natural_vs_robust_by_activation.png")
-    if robust and study == "noniid" and "share" in done.columns:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        at = done[done["adversarial"] == True]  # noqa: E712
-        for partition, part in at.groupby("partition"):
-            part = part.sort_values("share")
-            axes[0].plot(100 * part["share"], 100 * part["natural_acc"], "o-", label=partition)
-            axes[1].plot(100 * part["share"], 100 * part[robust[-1] if len(robust) > 1
-                                                         else robust[0]], "o-", label=partition)
-        axes[0].set(title="natural accuracy", xlabel="share alpha of G per client (%)",
-                    ylabel="accuracy (%)")
-        axes[1].set(title=f"robust accuracy ({robust[-1] if len(robust) > 1 else robust[0]})",
-                    xlabel="share alpha of G per client (%)")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend()
-        save(fig, "accuracy_vs_share.png")
-    if study == "noise":
-        cols = sorted((c for c in done.columns if c.startswith("fgsm_noise_acc@")),
-                      key=lambda c: float(c.split("@")[1]))
-        eot = sorted((c for c in done.columns if c.startswith("eot_pgd20_noise_acc@")),
-                     key=lambda c: float(c.split("@")[1]))
-        if cols:
-            fig, ax = plt.subplots(figsize=(6, 4.2))
-            for _, r in done.iterrows():
-                xs = [float(c.split("@")[1]) for c in cols]
-                ax.plot(xs, [100 * r[c] for c in cols], "o-", label=f"{r['cell']} FGSM")
-                if eot:
-                    ax.plot([float(c.split("@")[1]) for c in eot], [100 * r[c] for c in eot],
-                            "x--", label=f"{r['cell']} EOT-PGD")
-            ax.set(xlabel="test-time noise sigma", ylabel="robust accuracy (%)",
-                   title="robust accuracy vs test-time noise")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            save(fig, "robust_vs_test_noise.png")
-    if not per_round.empty:
-        metrics = [m for m in ("natural_acc", "pgd10_acc", "pgd5_acc", "fgsm_noise_acc")
-                   if m in per_round.columns][:2]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2),
-                                 squeeze=False)
-        for ax, metric in zip(axes[0], metrics):
-            for cell, part in per_round.dropna(subset=[metric]).groupby("cell"):
-                mean = part.groupby("round")[metric].mean()  # over the cell's seeds
-                ax.plot(mean.index, 100 * mean, label=cell, lw=1)
-            ax.set(title=metric.replace("_acc", " accuracy"), xlabel="round",
-                   ylabel="accuracy (%)")
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=6, ncol=2)
-        save(fig, "accuracy_per_round.png")
-    eps_figure = accuracy_vs_eps_figure(done, folder)
-    if eps_figure:
-        made.append(eps_figure)
-    return made
+        return []
+    drawn = [figure(done, per_round, folder)
+             for figure in (*study.figures, accuracy_per_round)]
+    drawn.append(accuracy_vs_eps_figure(done, folder))
+    return [path for path in drawn if path]
 
 
 def _by_cell_and_seed(table: pd.DataFrame) -> pd.DataFrame:
@@ -450,14 +328,11 @@ def _by_cell_and_seed(table: pd.DataFrame) -> pd.DataFrame:
         .drop(columns="_order").reset_index(drop=True)
 
 
-def write_report(study: str, outcomes: list[CellRun | tuple], folder: Path,
-                 noise_levels: list[float] | None = None, attacks: str = HONEST_ATTACKS,
-                 noise_attacks: str = HONEST_NOISE_ATTACKS,
-                 eval_limit: int | None = None, diagnostics: bool = True) -> Path:
-    levels = list(noise_levels if noise_levels is not None else
-                  (NOISE_LEVELS if study == "noise" else ()))
-    table, per_round = collect(outcomes, levels, attacks, noise_attacks, eval_limit,
-                               diagnostics)
+def write_report(study: Study, outcomes: list[CellRun | tuple], folder: Path,
+                 final: FinalEval) -> Path:
+    """report/ of the sweep in `folder`, from its runs' files and the caches of their final
+    evaluation `final` (the sweep evaluates first: sweep.evaluate_runs)."""
+    table, per_round = collect(outcomes, final)
     table = _by_cell_and_seed(table)
     summary = summarize(table)
     out = folder / "report"
@@ -465,11 +340,11 @@ def write_report(study: str, outcomes: list[CellRun | tuple], folder: Path,
     results.write_csv(out / "results.csv", table)
     results.write_parquet(out / "results.parquet", table)
     if not per_round.empty:
-        results.write_csv(out / "rounds.csv", per_round)
+        results.write_csv(out / ROUNDS_CSV, per_round)  # the runs' rows, with cell and seed
     pictures = figures(study, estimates(summary), per_round, out)
-    limit = "each run's data.eval-limit" if eval_limit is None else \
-        (f"{eval_limit}" if eval_limit else "all")
-    lines = [f"# {study} study: {folder.name}", "",
+    limit = "each run's data.eval-limit" if final.eval_limit is None else \
+        (f"{final.eval_limit}" if final.eval_limit else "all")
+    lines = [f"# {study.name} study: {folder.name}", "",
              "Accuracies in %, final models, on a fixed class-balanced test subset (size: "
              f"{limit}). An example counts as robust only if it is classified correctly both "
              "clean and under the attack (RobustBench's convention). `fgsm_noise_acc` is the "
@@ -482,7 +357,7 @@ def write_report(study: str, outcomes: list[CellRun | tuple], folder: Path,
              "`deepfool_median_l2` = the median L2 norm DeepFool needed over the correctly "
              "classified images (inf when it flipped fewer than half of them); "
              "`protocol_overstatement` = protocol minus the strongest attack. Plain-model "
-             f"attacks: `{attacks}`; through the noise: `{noise_attacks}`.", "",
+             f"attacks: `{final.attacks}`; through the noise: `{final.noise_attacks}`.", "",
              "Intervals (95%): a cell run with several seeds (`--seeds N`) shows the mean over "
              "its seeds ± the half-width of the Student-t interval (N - 1 degrees of "
              "freedom): the spread of training runs. A cell with one seed shows its value "
@@ -508,7 +383,7 @@ def write_report(study: str, outcomes: list[CellRun | tuple], folder: Path,
     failed = table[table["status"] != "finished"] if "status" in table else table.iloc[:0]
     if not failed.empty:
         lines += ["## Runs that did not finish", "",
-                  markdown_table(failed[_present(failed, ["cell", "seed", "status"])]), ""]
+                  markdown_table(failed[present(failed, ["cell", "seed", "status"])]), ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     results.write_text(out / "tables.md", "\n".join(lines) + "\n")
     return out

@@ -16,9 +16,10 @@ from common.config import ExperimentConfig
 from common.data import load_cifar10
 from common.footprint import check_fits
 from common.partition import check_split, validation_indices
-from server.store import RunStore
+from common.run_folder import RunStore
 
 from .engine import run_app, simulation_link
+from .overrides import flower_overrides
 from .procs import stop_reason
 from .progress import RoundProgress
 
@@ -113,21 +114,22 @@ def record_stop(store: RunStore, reason: str) -> None:
         store.set_status("stopped", int(status.get("last_round", 0)), reason)
 
 
-def run_experiment(cfg: ExperimentConfig, overrides: dict[str, Any], resources: Resources,
-                   verbose: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                   label: str = "run", ray_address: str | None = None) -> RunOutcome:
-    """ray_address: the Ray cluster whose nodes run the clients (engine.flower_env); the
+def run_experiment(cfg: ExperimentConfig, resources: Resources, verbose: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT, label: str = "run",
+                   ray_address: str | None = None) -> RunOutcome:
+    """The run of `cfg`, whose Flower run config is derived from it (flower_overrides).
+    ray_address: the Ray cluster whose nodes run the clients (engine.flower_env); the
     ServerApp, and so every result file, stays on this machine."""
     store = preflight(cfg, resources)
     progress = RoundProgress(label)
     noteworthy = Noteworthy()
-    log_path = store.root / "simulation.log"
+    log_path = store.log_path
 
     try:
         with tempfile.TemporaryDirectory(prefix="robustfl-run-") as tmp, \
                 log_path.open("a") as log_file, \
                 simulation_link(store.root, resources.gpus_per_client, ray_address) as link:
-            overrides_file = write_overrides(overrides, Path(tmp))
+            overrides_file = write_overrides(flower_overrides(cfg), Path(tmp))
 
             def on_line(line: str) -> None:
                 log_file.write(line + "\n")
@@ -146,7 +148,7 @@ def run_experiment(cfg: ExperimentConfig, overrides: dict[str, Any], resources: 
         raise
     progress.close()
     status = store.status()
-    rounds = pd.read_csv(store.rounds_csv) if store.rounds_csv.exists() else pd.DataFrame()
+    rounds = store.rounds()
     if code != 0 and status.get("status") == "finished":
         code = 0  # flwr's exit code after a finished stream is not meaningful
     return RunOutcome(status.get("status", "failed"),

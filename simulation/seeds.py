@@ -10,8 +10,6 @@ before --seeds existed, and one run with --seeds 3 later, share their first seed
 
 from __future__ import annotations
 
-from typing import Any
-
 from common.config import ExperimentConfig
 
 from .overrides import UsageError
@@ -34,13 +32,12 @@ def seed_values(first: int, n: int) -> list[int]:
     return [first + i for i in range(n)]
 
 
-def seeded(cfg: ExperimentConfig, overrides: dict[str, Any], seed: int
-           ) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """The config and Flower overrides of one seed of the experiment `cfg` (seed cfg.seed
-    is the experiment itself)."""
+def seeded(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of one seed of the experiment `cfg` (seed cfg.seed is the experiment
+    itself)."""
     if seed == cfg.seed:
-        return cfg, overrides
-    changes: dict[str, Any] = {"seed": seed}
+        return cfg
+    changes: dict[str, object] = {"seed": seed}
     if cfg.out.run_name:
         changes["out.run-name"] = f"{cfg.out.run_name}-seed{seed}"
-    return cfg.replace(**changes), {**overrides, **changes}
+    return cfg.replace(**changes)

@@ -9,7 +9,8 @@
   report/                 the tidy table, markdown tables and figures (see report.py)
 The runs go seed by seed (every cell of the first seed, then of the second, ...), so an
 interrupted sweep already has whole tables. A finished run is skipped; an interrupted one
-continues from its last checkpoint.
+continues from its last checkpoint. Then every finished run gets its final evaluation
+(final_eval.py, diagnostics.py; cached in the run folder), which the report reads.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 from common import results
 from common.config import ExperimentConfig, defaults
 from common.partition import check_split
-from server.store import DEFAULT_OUT_DIR, RunStore
+from common.run_folder import RunStore
 
+from .diagnostics import diagnose_run
+from .final_eval import FinalEval, evaluate_run
 from .overrides import UsageError, absolutize_paths
 from .report import CellRun
 from .runner import Resources, run_experiment
@@ -33,37 +36,30 @@ from .studies import Cell
 DEFAULT_OUT = Path.home() / "robustfl-runs" / "sweeps"
 
 
-def cell_config(cell: Cell, folder: Path, extra: dict[str, Any]) -> tuple[ExperimentConfig,
-                                                                          dict[str, Any]]:
+def cell_config(cell: Cell, folder: Path, extra: dict[str, Any]) -> ExperimentConfig:
     overrides = absolutize_paths({**cell.overrides, **extra,
                                   "out.dir": str(folder / "cells"), "out.run-name": cell.name})
     cfg = ExperimentConfig.from_flat({**defaults(), **overrides})
     check_split(cfg, cell.num_supernodes)  # before the first cell runs, not at its turn
-    return cfg, overrides
+    return cfg
 
 
 def seed_configs(cell: Cell, folder: Path, extra: dict[str, Any], seeds: int
-                 ) -> list[tuple[int, ExperimentConfig, dict[str, Any]]]:
-    """(seed, config, overrides) of each of the cell's runs, every split checked."""
-    cfg, overrides = cell_config(cell, folder, extra)
+                 ) -> list[tuple[int, ExperimentConfig]]:
+    """(seed, config) of each of the cell's runs, every split checked."""
+    cfg = cell_config(cell, folder, extra)
     runs = []
     for seed in seed_values(cfg.seed, seeds):
-        seed_cfg, seed_overrides = seeded(cfg, overrides, seed)
+        seed_cfg = seeded(cfg, seed)
         check_split(seed_cfg, cell.num_supernodes)  # the split is drawn from the seed
-        runs.append((seed, seed_cfg, seed_overrides))
+        runs.append((seed, seed_cfg))
     return runs
-
-
-def run_folder(cfg: ExperimentConfig) -> Path:
-    """Where the run of cfg writes (as RunStore.locate places it)."""
-    out_dir = Path(cfg.out.dir).expanduser() if cfg.out.dir else DEFAULT_OUT_DIR
-    return out_dir / cfg.run_name()
 
 
 def cell_state(cfg: ExperimentConfig) -> str:
     """finished | resumable | new, from the cell's run folder. A cell killed after its last
     checkpoint but before final.pt is resumable: resuming writes what finishing writes."""
-    store = RunStore(run_folder(cfg))
+    store = RunStore.of(cfg)
     if store.finished():
         return "finished"
     return "resumable" if store.checkpoint_path.exists() else "new"
@@ -98,8 +94,8 @@ def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
                               "extra": extra, "seeds": seeds})
     outcomes = []
     started = time.monotonic()
-    for i, (cell, (seed, cfg, overrides)) in enumerate(plan, start=1):
-        run_dir = run_folder(cfg)
+    for i, (cell, (seed, cfg)) in enumerate(plan, start=1):
+        run_dir = RunStore.of(cfg).root
         state = cell_state(cfg)
         label = f"[run {i}/{len(plan)} {cell.name}" + (f" seed {seed}]" if seeds > 1 else "]")
         if state == "finished":
@@ -108,13 +104,26 @@ def run_sweep(name: str, cells: list[Cell], folder: Path, extra: dict[str, Any],
             continue
         if state == "resumable":
             print(f"{label} resuming from its checkpoint", flush=True)
-            cfg, overrides = cfg.replace(resume=True), {**overrides, "resume": True}
+            cfg = cfg.replace(resume=True)
         resources = Resources.for_clients(cell.num_supernodes, cpus_per_client,
                                           gpus_per_client)
-        outcome = run_experiment(cfg, overrides, resources, verbose=verbose, label=label,
+        outcome = run_experiment(cfg, resources, verbose=verbose, label=label,
                                  ray_address=ray_address)
         outcomes.append(CellRun(cell, run_dir, outcome.status, seed))
         elapsed = time.monotonic() - started
         print(f"{label} {outcome.status}{': ' + outcome.reason if outcome.reason else ''} "
               f"| sweep {elapsed / 60:.1f} min so far", flush=True)
     return outcomes
+
+
+def evaluate_runs(outcomes: list[CellRun | tuple], final: FinalEval) -> None:
+    """The final evaluation (and, if asked for, the diagnostics of the final model) of every
+    finished run, cached in its folder for the report; what is cached already is kept."""
+    for _, run, status, _ in (CellRun(*o) for o in outcomes):
+        if status != "finished":
+            continue
+        cfg = RunStore(run).config()
+        evaluate_run(run, final.levels(cfg), final.attacks, final.eval_limit,
+                     noise_attacks=final.noise_attacks)
+        if final.diagnostics:
+            diagnose_run(run, eval_limit=final.eval_limit)

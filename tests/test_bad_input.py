@@ -15,7 +15,7 @@ import torch
 from client.node import NodeConfigError, NodeSettings
 from common.config import ConfigError, ExperimentConfig
 from common.models import build_model
-from server.store import RunStore
+from common.run_folder import RunStore
 from simulation.cli import main as cli_main
 
 

@@ -10,6 +10,7 @@ from common.intervals import Interval
 from simulation.claims import CLAIMS, evaluate_claims
 from simulation.report import (claims_section, estimates, figures, markdown_table,
                                overstatement_text, study_tables, summarize)
+from simulation.studies import STUDIES
 
 IMAGES = 1000
 
@@ -112,13 +113,13 @@ def test_summary_and_tables_show_intervals_over_seeds_or_images():
     # sd of (0.06, 0.11, 0.04) = 0.036056; t(2) = 4.302653
     assert relu["protocol_overstatement"].half_width == pytest.approx(0.089567, abs=1e-5)
     assert "seed" not in summary and "run" not in summary
-    (title, frame), = study_tables("grid", summary)
+    (title, frame), = study_tables(STUDIES["grid"], summary)
     text = markdown_table(frame)
     assert "| relu |" in text and "31.0 ± 2.5" in text  # t(2) 4.30 * 0.01 / sqrt(3)
 
     one = summarize(three_seeds().query("seed == 0"))
     assert one.iloc[0]["natural_acc"].kind == "wilson"
-    assert "30.0 [27.2, 32.9]" in markdown_table(study_tables("grid", one)[0][1])
+    assert "30.0 [27.2, 32.9]" in markdown_table(study_tables(STUDIES["grid"], one)[0][1])
     assert one.iloc[0]["protocol_overstatement"].kind == "newcombe"
 
 
@@ -133,6 +134,6 @@ def test_overstatement_text_counts_the_cells_whose_interval_excludes_zero():
 def test_figures_are_drawn_from_the_means_over_seeds(tmp_path):
     summary = estimates(summarize(three_seeds()))
     assert summary["natural_acc"].tolist() == pytest.approx([0.31, 0.35, 0.41])
-    made = figures("activation", summary, pd.DataFrame(), tmp_path)
+    made = figures(STUDIES["activation"], summary, pd.DataFrame(), tmp_path)
     assert [p.name for p in made] == ["natural_vs_robust_by_activation.png"]
     assert made[0].stat().st_size > 10_000

@@ -161,11 +161,13 @@ def test_bad_diagnostic_settings_are_refused():
 def test_evaluate_and_the_report_write_diagnostics_once_per_setting(data_dir, tmp_path,
                                                                     capsys):
     from common.models import build_model
-    from server.store import RunStore
+    from common.run_folder import RunStore
     from simulation import cli
     from simulation.diagnostics import FIGURE, diagnose_run
-    from simulation.report import write_report
-    from simulation.studies import Cell
+    from simulation.final_eval import FinalEval
+    from simulation.report import CellRun, write_report
+    from simulation.studies import STUDIES, Cell
+    from simulation.sweep import evaluate_runs
 
     run = tmp_path / "run"
     run.mkdir()
@@ -189,9 +191,12 @@ def test_evaluate_and_the_report_write_diagnostics_once_per_setting(data_dir, tm
     assert list(first["check"]) == list(CHECKS[:4])
     assert (first["images"] == 8).all() and (first["model"] == "final").all()
     assert (first["square_queries"] == 20).all()
-    # Cached: the report reuses the rows; a smaller eval limit is a new setting.
-    report = write_report("grid", [(Cell("c", {}, True, 1), run, "finished")], tmp_path,
-                          attacks="fgsm", noise_attacks="fgsm", eval_limit=8)
+    # Cached: the sweep's evaluation and the report reuse the rows; a smaller eval limit is a
+    # new setting.
+    outcomes = [CellRun(Cell("c", {}, True, 1), run, "finished")]
+    final = FinalEval(attacks="fgsm", noise_attacks="fgsm", eval_limit=8)
+    evaluate_runs(outcomes, final)
+    report = write_report(STUDIES["grid"], outcomes, tmp_path, final)
     assert pd.read_csv(run / "diagnostics.csv").equals(first)
     table = pd.read_csv(report / "results.csv")
     assert table["masking_flags"].tolist() == [masking_flags(first.to_dict("records"))]

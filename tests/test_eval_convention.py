@@ -188,10 +188,12 @@ def test_final_evaluation_and_report_name_their_noise_protocol(data_dir, tmp_pat
     import pandas as pd
 
     from common.models import build_model
-    from server.store import RunStore
+    from common.run_folder import RunStore
     from simulation import cli
-    from simulation.report import write_report
-    from simulation.studies import Cell
+    from simulation.final_eval import FinalEval
+    from simulation.report import CellRun, write_report
+    from simulation.studies import STUDIES, Cell
+    from simulation.sweep import evaluate_runs
 
     run = tmp_path / "run"
     run.mkdir()
@@ -224,8 +226,10 @@ def test_final_evaluation_and_report_name_their_noise_protocol(data_dir, tmp_pat
     assert sorted(both["noise_protocol"].dropna()) == ["fixed", "fresh", "none"]
     assert evaluate_cli().equals(both)  # cached: nothing evaluated again
 
-    report = write_report("grid", [(Cell("c", {}, True, 1), run, "finished")], tmp_path,
-                          attacks="apgd-ce", noise_attacks="square", eval_limit=16)
+    outcomes = [CellRun(Cell("c", {}, True, 1), run, "finished")]
+    final = FinalEval(attacks="apgd-ce", noise_attacks="square", eval_limit=16)
+    evaluate_runs(outcomes, final)
+    report = write_report(STUDIES["grid"], outcomes, tmp_path, final)
     assert pd.read_csv(report / "results.csv")["noise_protocol"].tolist() == ["fixed"]
     tables = (report / "tables.md").read_text()
     assert "Noise protocol: `fixed`" in tables and "upper bound" in tables

@@ -180,7 +180,7 @@ def test_sigterm_mid_run_stops_every_process_and_leaves_a_resumable_stopped_run(
         data_dir, tmp_path):
     """Also: the harness runs with no venv on PATH (as from cron or an IDE), and its clients
     are told that they have no GPU share."""
-    from server.store import RunStore
+    from common.run_folder import RunStore
     from simulation.overrides import build_config
 
     bare_path = "/usr/bin:/bin"
@@ -237,7 +237,7 @@ def test_sigterm_mid_run_stops_every_process_and_leaves_a_resumable_stopped_run(
     assert pd.read_csv(run / "rounds.csv")["round"].tolist()[:done] == list(range(1, done + 1))
     assert (run / "superlink.log").stat().st_size > 0  # kept in the run folder
 
-    cfg, _ = build_config([], [*assignments, "resume=true"])
+    cfg = build_config([], [*assignments, "resume=true"])
     _, resume = RunStore.locate(cfg)
     assert resume.next_round == checkpoint + 1
 

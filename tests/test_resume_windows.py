@@ -28,7 +28,7 @@ from common.packing import Layout, unpack
 from common.partition import split_for
 from server.app import main as server_main
 from server.central import CentralEvaluator
-from server.store import RunStore, RunStoreError
+from common.run_folder import RunStore, RunStoreError
 from server.strategy import NodeInfo, check_reply, make_strategy, packed_record
 from simulation.sweep import cell_state
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from simulation.cli import main as cli_main
-from simulation.overrides import UsageError
+from simulation.overrides import UsageError, flower_overrides
 from simulation.studies import select_cells, study_cells
 from simulation.sweep import check_same_sweep, seed_configs
 
@@ -100,12 +100,13 @@ def check_seeded_report(out):
 def test_each_seed_of_a_cell_is_a_run_of_its_own(tmp_path):
     cell, = study_cells("grid", "toy", ["model.activation=relu"], centralized=True)
     runs = seed_configs(cell, tmp_path, {"seed": 7}, 3)
-    assert [seed for seed, _, _ in runs] == [7, 8, 9]  # the config's seed, + 1, + 2
-    assert [cfg.seed for _, cfg, _ in runs] == [7, 8, 9]
-    assert [o["seed"] for _, _, o in runs] == [7, 8, 9]  # what Flower's run config gets
-    assert [cfg.run_name() for _, cfg, _ in runs] == [
+    assert [seed for seed, _ in runs] == [7, 8, 9]  # the config's seed, + 1, + 2
+    assert [cfg.seed for _, cfg in runs] == [7, 8, 9]
+    # what Flower's run config gets
+    assert [flower_overrides(cfg)["seed"] for _, cfg in runs] == [7, 8, 9]
+    assert [cfg.run_name() for _, cfg in runs] == [
         "activation=relu", "activation=relu-seed8", "activation=relu-seed9"]
-    assert {cfg.out.dir for _, cfg, _ in runs} == {str(tmp_path / "cells")}
+    assert {cfg.out.dir for _, cfg in runs} == {str(tmp_path / "cells")}
 
 
 def test_a_sweep_json_from_before_seeds_goes_on_and_other_cells_are_refused(tmp_path):

@@ -25,7 +25,7 @@ from common.partition import (
     split_for,
     validation_indices,
 )
-from server.store import RunStore, best_round
+from common.run_folder import RunStore, best_round
 
 LABELS = np.repeat(np.arange(10), 500)[np.random.default_rng(0).permutation(5000)]
 
@@ -331,15 +331,19 @@ def test_rows_cached_before_the_model_column_are_reused_as_final(data_dir, tmp_p
 
 
 def test_the_report_keeps_final_columns_and_adds_best_ones(data_dir, cifar, tmp_path):
-    from simulation.report import collect
+    from simulation.final_eval import FinalEval
+    from simulation.report import CellRun, collect
     from simulation.studies import Cell
+    from simulation.sweep import evaluate_runs
 
     run, _, _ = _finished_run(tmp_path, data_dir, best_round_=2, best=_one_class_best(cifar)[0])
     pd.DataFrame([{"round": r, "natural_acc": 0.1, "round_seconds": 1.0}
                   for r in (1, 2, 3)]).to_csv(run / "rounds.csv", index=False)
-    table, _ = collect([(Cell("c", {}, True, 1), run, "finished")], [0.0],
-                       attacks="fgsm,pgd2", noise_attacks="fgsm", eval_limit=16,
-                       diagnostics=False)
+    outcomes = [CellRun(Cell("c", {}, True, 1), run, "finished")]
+    final = FinalEval(attacks="fgsm,pgd2", noise_attacks="fgsm", eval_limit=16,
+                      noise_levels=(0.0,), diagnostics=False)
+    evaluate_runs(outcomes, final)
+    table, _ = collect(outcomes, final)
     frame = pd.read_csv(run / "final_eval.csv").set_index("model")
     row = table.iloc[0]
     assert row["natural_acc"] == frame.loc["final", "natural_acc"]

@@ -1,4 +1,5 @@
-"""The run directory: config, per-round results, checkpoints, status; resume and refuse.
+"""A run folder: the one place that names its files and reads and writes them; resume and
+refuse.
 
 <out.dir>/<run-name>/
   config.json    the full run config, its identity hash and the software versions
@@ -12,6 +13,9 @@
                  run holds no validation split (data.val-size=0)
   final.pt       the final global model, written when the run finishes
   status.json    running / finished / stopped / failed, last round, reason, best.pt's round
+  final_eval.csv the final evaluation's rows, a cache (simulation/final_eval.py)
+  diagnostics.csv  the gradient-masking diagnostics' rows, a cache (simulation/diagnostics.py)
+  simulation.log the Flower output of the simulation harness (simulation/runner.py)
 Every file is replaced atomically, so a crash leaves the previous complete version.
 """
 
@@ -30,10 +34,21 @@ import pandas as pd
 import torch
 
 from common import results
-from common.config import ConfigError, ExperimentConfig
+from common.config import ExperimentConfig
 
 CHECKPOINT_FORMAT = 1
 DEFAULT_OUT_DIR = Path.home() / "robustfl-runs"
+
+CONFIG_JSON = "config.json"
+ROUNDS_CSV = "rounds.csv"
+CLIENTS_CSV = "clients.csv"
+CHECKPOINT_PT = "checkpoint.pt"
+BEST_PT = "best.pt"
+FINAL_PT = "final.pt"
+STATUS_JSON = "status.json"
+FINAL_EVAL_CSV = "final_eval.csv"
+DIAGNOSTICS_CSV = "diagnostics.csv"
+SIMULATION_LOG = "simulation.log"
 
 
 class RunStoreError(ValueError):
@@ -79,6 +94,12 @@ def best_round(rounds: pd.DataFrame, up_to: int) -> Best | None:
     return Best(int(top["round"]), column, float(top[column]))
 
 
+def folder_for(cfg: ExperimentConfig) -> Path:
+    """Where the run of cfg writes when it does not resume from elsewhere (resume-from)."""
+    out_dir = Path(cfg.out.dir).expanduser() if cfg.out.dir else DEFAULT_OUT_DIR
+    return out_dir / cfg.run_name()
+
+
 def _versions() -> dict[str, str]:
     import flwr
 
@@ -94,13 +115,21 @@ class RunStore:
         self.root = root
         self._best_saved: Any = _UNREAD  # the round best.pt holds, read once
 
-    rounds_csv = property(lambda self: self.root / "rounds.csv")
-    clients_csv = property(lambda self: self.root / "clients.csv")
-    checkpoint_path = property(lambda self: self.root / "checkpoint.pt")
-    final_path = property(lambda self: self.root / "final.pt")
-    best_path = property(lambda self: self.root / "best.pt")
-    status_path = property(lambda self: self.root / "status.json")
-    config_path = property(lambda self: self.root / "config.json")
+    rounds_csv = property(lambda self: self.root / ROUNDS_CSV)
+    clients_csv = property(lambda self: self.root / CLIENTS_CSV)
+    checkpoint_path = property(lambda self: self.root / CHECKPOINT_PT)
+    final_path = property(lambda self: self.root / FINAL_PT)
+    best_path = property(lambda self: self.root / BEST_PT)
+    status_path = property(lambda self: self.root / STATUS_JSON)
+    config_path = property(lambda self: self.root / CONFIG_JSON)
+    final_eval_csv = property(lambda self: self.root / FINAL_EVAL_CSV)
+    diagnostics_csv = property(lambda self: self.root / DIAGNOSTICS_CSV)
+    log_path = property(lambda self: self.root / SIMULATION_LOG)
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig) -> RunStore:
+        """The folder the run of cfg writes to (folder_for), opened for reading."""
+        return cls(folder_for(cfg))
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -114,13 +143,12 @@ class RunStore:
         if cfg.resume_from:
             source = Path(cfg.resume_from).expanduser()
             root = source if source.is_dir() else source.parent
-            checkpoint = source / "checkpoint.pt" if source.is_dir() else source
+            checkpoint = source / CHECKPOINT_PT if source.is_dir() else source
             store = cls(root)
             resume = store._resume(cfg, checkpoint)  # checked first: bad input creates nothing
             store._check_writable()
             return store, resume
-        out_dir = Path(cfg.out.dir).expanduser() if cfg.out.dir else DEFAULT_OUT_DIR
-        store = cls(out_dir / cfg.run_name())
+        store = cls.of(cfg)
         if cfg.resume:
             if not store.checkpoint_path.exists():
                 raise RunStoreError(
@@ -229,7 +257,7 @@ class RunStore:
         })
 
     def save_final(self, state_dict: dict[str, torch.Tensor]) -> None:
-        rounds = results.read_csv(self.rounds_csv)
+        rounds = self.rounds()
         if not rounds.empty:  # a last row recovered after a kill (rounds.recover_last_row)
             self.keep_best(int(rounds["round"].max()), state_dict)
         results.save_torch(self.final_path, state_dict)
@@ -240,7 +268,7 @@ class RunStore:
         is always recomputed from rounds.csv, so a resumed run needs no other state."""
         from flwr.common.logger import log
 
-        best = best_round(results.read_csv(self.rounds_csv), up_to=server_round)
+        best = best_round(self.rounds(), up_to=server_round)
         if best is None or best.round != server_round or self.best_saved() == best.round:
             return
         results.save_torch(self.best_path, {
@@ -270,7 +298,7 @@ class RunStore:
 
         done = resume.next_round - 1
         self.keep_best(done, resume.state_dict)
-        best = best_round(results.read_csv(self.rounds_csv), up_to=done)
+        best = best_round(self.rounds(), up_to=done)
         if best is not None and self.best_saved() != best.round:
             log(WARNING, "best.pt should hold round %d (the best %s on the validation split "
                 "so far) but holds %s and that model is gone; best.pt will be written again "
@@ -297,14 +325,44 @@ class RunStore:
         return self.status().get("status") == "finished" and self.final_path.is_file()
 
     def has_round(self, server_round: int) -> bool:
-        rounds = results.read_csv(self.rounds_csv)
+        rounds = self.rounds()
         return not rounds.empty and server_round in set(rounds["round"])
 
+    # --- reading a run's results -------------------------------------------------------------
 
-def check_config(flat: dict[str, Any]) -> ExperimentConfig:
-    """Parse the run config, re-raising with a pointer to where keys are documented."""
-    try:
-        return ExperimentConfig.from_flat(flat)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}\n(keys and defaults: pyproject.toml [tool.flwr.app.config]"
-                          " or `python -m simulation keys`)") from None
+    def rounds(self) -> pd.DataFrame:
+        """rounds.csv; empty when no round has finished."""
+        return results.read_csv(self.rounds_csv)
+
+    def clients(self) -> pd.DataFrame:
+        """clients.csv; empty when no round has finished."""
+        return results.read_csv(self.clients_csv)
+
+    def config(self) -> ExperimentConfig:
+        """The run config the run was started with (config.json)."""
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.root} has no {CONFIG_JSON}; is it a RobustFL run "
+                                    "folder?")
+        return ExperimentConfig.from_flat(json.loads(self.config_path.read_text())["config"])
+
+    def saved_models(self, cfg: ExperimentConfig) -> dict[str, int]:
+        """The models of a finished run, with the round each comes from: `final` always,
+        `best` when the run wrote best.pt (data.val-size > 0)."""
+        models = {"final": cfg.fl.num_rounds}
+        if self.best_path.is_file():
+            models["best"] = int(self._load_best()["round"])
+        return models
+
+    def model_state(self, model: str) -> dict[str, torch.Tensor]:
+        """The state dict of `final` (final.pt) or `best` (best.pt)."""
+        if model == "best":
+            return self._load_best()["model"]
+        return torch.load(self.final_path, map_location="cpu", weights_only=True)
+
+    def _load_best(self) -> dict:
+        try:
+            return torch.load(self.best_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{self.best_path} cannot be read ({exc}); it is corrupt or not a "
+                             f"RobustFL {BEST_PT}: delete it to evaluate only {FINAL_PT}"
+                             ) from None
