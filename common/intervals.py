@@ -2,10 +2,14 @@
 
 An accuracy measured on n test images is a binomial proportion: its Wilson score interval says
 how far another draw of n images could move it. Over several seeds (each its own training run)
-the spread of the runs is the uncertainty, and the mean gets a Student-t interval with n - 1
-degrees of freedom. A difference of two cells run with the same seeds is paired by seed; with
-one run per cell, the difference of two proportions gets Newcombe's interval, built from the
-two Wilson intervals.
+the mean has two sources of error: the spread of the runs (a Student-t interval with n - 1
+degrees of freedom) and the test images, which every seed shares, so averaging seeds does not
+shrink it. Where the image count is known, the mean's half-width is therefore the root sum of
+squares of the two (kind "t+wilson"): seeds that happen to agree do not give "± 0.0". A
+difference of two cells run with the same seeds is paired by seed, widened in the same way by
+Newcombe's interval of the two mean proportions ("t+newcombe"; Newcombe treats the two as
+independent samples, which is conservative for two accuracies on the same images); with one
+run per cell, the difference gets Newcombe's interval alone.
 
 Pure maths (the standard library and numpy), no scipy: the t quantile is the exact inverse of
 Student's t distribution for whole degrees of freedom.
@@ -25,14 +29,15 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Interval:
-    """An estimate and its interval. kind: "t" (mean over seeds, symmetric), "wilson"
+    """An estimate and its interval. kind: "t" (mean over seeds, symmetric), "t+wilson" and
+    "t+newcombe" (the same, widened by the test images' sampling error; symmetric), "wilson"
     (one proportion over its evaluation set), "newcombe" (difference of two proportions),
     or "none" (a single value with nothing to estimate a spread from)."""
 
     estimate: float
     low: float
     high: float
-    n: int  # seeds for "t"; evaluation images for "wilson"; 1 for "none"
+    n: int  # seeds for "t" and "t+..."; evaluation images for "wilson"; 1 for "none"
     kind: str
 
     @property
@@ -125,16 +130,29 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 def over_seeds(values: Sequence[float], examples: float | None = None,
                level: float = LEVEL) -> Interval:
-    """The interval of an accuracy over seeds: Student t from two seeds on; with one seed the
-    Wilson interval over its `examples` evaluation images (none when that is unknown)."""
+    """The interval of an accuracy over seeds: Student t from two seeds on, widened by the
+    Wilson interval of the mean over its `examples` evaluation images where that count is
+    known; with one seed the Wilson interval alone (none when the count is unknown)."""
     x = [float(v) for v in values if not _missing(v)]
     if not x:
         raise ValueError("no values to summarize")
+    known = not (examples is None or _missing(examples) or examples < 1)
     if len(x) >= 2:
-        return t_interval(x, level)
-    if examples is None or _missing(examples) or examples < 1:
+        seeds = t_interval(x, level)
+        if not known:
+            return seeds
+        images = wilson_of_rate(min(max(seeds.estimate, 0.0), 1.0), int(examples), level)
+        return _widened(seeds, images.half_width, "t+wilson")
+    if not known:
         return Interval(x[0], math.nan, math.nan, 1, "none")
     return wilson_of_rate(x[0], int(examples), level)
+
+
+def _widened(seeds: Interval, images_half: float, kind: str) -> Interval:
+    """A seed interval widened by an independent error of the test images (root sum of
+    squares of the two half-widths)."""
+    half = math.hypot(seeds.half_width, images_half)
+    return Interval(seeds.estimate, seeds.estimate - half, seeds.estimate + half, seeds.n, kind)
 
 
 def newcombe(a: Interval, b: Interval) -> Interval:
@@ -150,14 +168,23 @@ def newcombe(a: Interval, b: Interval) -> Interval:
 def difference(a: dict[int, float], b: dict[int, float], examples_a: float | None = None,
                examples_b: float | None = None, level: float = LEVEL) -> Interval | None:
     """a - b for two cells given as {seed: accuracy}. Paired by seed (a t interval of the
-    per-seed differences) when two or more seeds are common to both; with one run each,
+    per-seed differences) when two or more seeds are common to both, widened by Newcombe's
+    interval of the two mean proportions when the image counts are known; with one run each,
     Newcombe's interval over their evaluation sets; None when neither is possible."""
     a = {s: v for s, v in a.items() if not _missing(v)}
     b = {s: v for s, v in b.items() if not _missing(v)}
     common = sorted(a.keys() & b.keys())
+    known = not (_missing(examples_a) or _missing(examples_b))
     if len(common) >= 2:
-        return t_interval([a[s] - b[s] for s in common], level)
-    if len(a) == 1 and len(b) == 1 and not _missing(examples_a) and not _missing(examples_b):
+        seeds = t_interval([a[s] - b[s] for s in common], level)
+        if not known:
+            return seeds
+        mean_a, mean_b = (min(max(float(np.mean([v[s] for s in common])), 0.0), 1.0)
+                          for v in (a, b))
+        images = newcombe(wilson_of_rate(mean_a, int(examples_a), level),
+                          wilson_of_rate(mean_b, int(examples_b), level))
+        return _widened(seeds, images.half_width, "t+newcombe")
+    if len(a) == 1 and len(b) == 1 and known:
         (va,), (vb,) = a.values(), b.values()
         return newcombe(wilson_of_rate(va, int(examples_a), level),
                         wilson_of_rate(vb, int(examples_b), level))
@@ -169,11 +196,11 @@ def _missing(v) -> bool:
 
 
 def format_interval(iv: Interval, scale: float = 100.0, digits: int = 1) -> str:
-    """A table cell: "31.0 ± 2.1" for a symmetric interval, "31.0 [28.2, 34.1]" for a Wilson
+    """A table cell: "31.0 ± 2.1" for a symmetric interval (over seeds), "31.0 [28.2, 34.1]" for a Wilson
     or Newcombe interval (asymmetric near 0 and 1), the bare value when there is none."""
     v = f"{scale * iv.estimate:.{digits}f}"
     if iv.kind == "none" or math.isnan(iv.low):
         return v
-    if iv.kind == "t":
+    if iv.kind.startswith("t"):
         return f"{v} ± {scale * iv.half_width:.{digits}f}"
     return f"{v} [{scale * iv.low:.{digits}f}, {scale * iv.high:.{digits}f}]"

@@ -46,7 +46,14 @@ def test_t_interval_of_a_small_sample():
 
 
 def test_over_seeds_uses_t_from_two_seeds_and_wilson_for_one():
-    assert over_seeds([0.30, 0.32, 0.31], examples=1000).kind == "t"
+    seeds = over_seeds([0.30, 0.32, 0.31], examples=1000)
+    # the seeds' t half-width 0.0248414 and Wilson's 0.0286194 (310 of 1,000), in quadrature
+    assert seeds.kind == "t+wilson" and seeds.estimate == pytest.approx(0.31)
+    assert seeds.half_width == pytest.approx(math.hypot(0.0248414, 0.0286194), abs=1e-6)
+    assert over_seeds([0.30, 0.32, 0.31]).kind == "t"  # image count unknown: seeds only
+    # seeds that agree leave the test images' error, not "± 0.0"
+    agree = over_seeds([0.5, 0.5, 0.5], examples=100)
+    assert agree.half_width == pytest.approx(wilson(50, 100).half_width)
     one = over_seeds([0.5], examples=10)
     assert one.kind == "wilson" and (one.low, one.high) == pytest.approx((0.236593, 0.763407),
                                                                           abs=2e-6)
@@ -69,6 +76,14 @@ def test_difference_pairs_by_seed_and_falls_back_to_newcombe():
     # per-seed differences 0.10, 0.09, 0.08: mean 0.09, sd 0.01
     assert paired.estimate == pytest.approx(0.09)
     assert paired.half_width == pytest.approx(4.302653 * 0.01 / math.sqrt(3), abs=1e-6)
+    # with image counts: widened by Newcombe's interval of the two means (0.42 vs 0.33)
+    widened = difference(a, b, 1000, 1000)
+    images = newcombe(wilson(420, 1000), wilson(330, 1000)).half_width
+    assert widened.kind == "t+newcombe" and widened.estimate == pytest.approx(0.09)
+    assert widened.half_width == pytest.approx(math.hypot(paired.half_width, images))
+    same = difference({0: 0.4, 1: 0.4}, {0: 0.3, 1: 0.3}, 1000, 1000)  # equal differences
+    assert same.half_width == pytest.approx(
+        newcombe(wilson(400, 1000), wilson(300, 1000)).half_width)
     single = difference({7: 56 / 70}, {7: 48 / 80}, 70, 80)
     assert single.kind == "newcombe" and single.low == pytest.approx(0.0524, abs=5e-5)
     assert difference({7: 0.5}, {7: 0.4}) is None  # one seed, no image counts
