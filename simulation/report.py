@@ -132,13 +132,22 @@ def collect(outcomes: list[CellRun | tuple], final: FinalEval
                 row["overfit_rounds"] = int(rounds["catastrophic_overfitting"].sum())
             per_round.append(rounds.assign(cell=cell.name, seed=seed))
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = add_strongest(pd.DataFrame(rows))
+    return table, (pd.concat(per_round, ignore_index=True) if per_round else pd.DataFrame())
+
+
+def add_strongest(table: pd.DataFrame) -> pd.DataFrame:
+    """The strongest attack of each row (the lowest robust accuracy), its name, and how much
+    the paper's protocol overstates it; rows without any attack result (an unfinished run)
+    get none."""
     strong = strong_attack_columns(table)
     if PROTOCOL in table.columns and strong:
+        measured = table[strong].notna().any(axis=1)
         table["strongest"] = table[strong].min(axis=1)
-        table["strongest_attack"] = table[strong].idxmin(axis=1)
+        table["strongest_attack"] = pd.Series(None, index=table.index, dtype=object)
+        table.loc[measured, "strongest_attack"] = table.loc[measured, strong].idxmin(axis=1)
         table["protocol_overstatement"] = table[PROTOCOL] - table["strongest"]
-    return table, (pd.concat(per_round, ignore_index=True) if per_round else pd.DataFrame())
+    return table
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:

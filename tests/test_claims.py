@@ -10,8 +10,8 @@ import pytest
 
 from common.intervals import Interval
 from simulation.claims import CLAIMS, evaluate_claims
-from simulation.report import (claims_section, estimates, figures, markdown_table,
-                               overstatement_text, study_tables, summarize)
+from simulation.report import (add_strongest, claims_section, estimates, figures,
+                               markdown_table, overstatement_text, study_tables, summarize)
 from simulation.studies import STUDIES
 
 IMAGES = 1000
@@ -85,6 +85,19 @@ def test_claim_verdicts_with_one_seed_use_the_evaluation_images():
     small = table(relu, no_at).assign(eval_examples=50)
     assert verdicts(evaluate_claims(small))[(AT_CLAIM, "strongest", "no-at")] \
         == "inconclusive"
+
+
+def test_an_unfinished_run_has_no_strongest_attack_and_breaks_no_report():
+    # Its row holds no accuracy at all (pandas' idxmin refuses an all-NaN row).
+    table = pd.DataFrame([{"cell": "done", "status": "finished", "fgsm_noise_acc": 0.2,
+                           "pgd20_acc": 0.12, "cw20_acc": 0.10},
+                          {"cell": "stopped", "status": "stopped", "fgsm_noise_acc": None,
+                           "pgd20_acc": None, "cw20_acc": None}])
+    table = add_strongest(table)
+    assert table["strongest_attack"].iloc[0] == "cw20_acc"
+    assert pd.isna(table["strongest_attack"].iloc[1])
+    assert table["protocol_overstatement"].iloc[0] == pytest.approx(0.10)
+    assert pd.isna(table["strongest"].iloc[1])
 
 
 def test_a_claim_needs_exactly_one_expected_cell():
