@@ -179,9 +179,10 @@ def _first(values: pd.Series) -> float | None:
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """One row per finished cell: each measured column an Interval (common/intervals.py),
-    the mean over its seeds with a Student-t interval, or with one seed the value with the
-    Wilson interval over its evaluation images; protocol_overstatement the interval of the
-    difference (paired by seed, or Newcombe's); `seeds` the number of finished seeds."""
+    the mean over its seeds with a Student-t interval widened by the test images' Wilson
+    interval, or with one seed the value with the Wilson interval over its evaluation images;
+    protocol_overstatement the interval of the difference (see common.intervals.difference);
+    `seeds` the number of finished seeds."""
     done = finished(table)
     if done.empty:
         return pd.DataFrame()
@@ -368,12 +369,14 @@ def write_report(study: Study, outcomes: list[CellRun | tuple], folder: Path,
              "`protocol_overstatement` = protocol minus the strongest attack. Plain-model "
              f"attacks: `{final.attacks}`; through the noise: `{final.noise_attacks}`.", "",
              "Intervals (95%): a cell run with several seeds (`--seeds N`) shows the mean over "
-             "its seeds ± the half-width of the Student-t interval (N - 1 degrees of "
-             "freedom): the spread of training runs. A cell with one seed shows its value "
-             "and [the Wilson score interval] of that proportion over its test images: the "
-             "spread of the test sample only. `protocol_overstatement`: the interval of the "
-             "difference, paired by seed (one seed: Newcombe's, from the two Wilson "
-             "intervals). results.csv holds every seed's row.", "",
+             "its seeds ± a half-width that adds in quadrature the Student-t half-width "
+             "(N - 1 degrees of freedom: the spread of training runs) and the Wilson "
+             "half-width over the test images (the same images for every seed, so more seeds "
+             "do not shrink it). A cell with one seed shows its value and [the Wilson score "
+             "interval] of that proportion over its test images: the spread of the test "
+             "sample only. `protocol_overstatement`: the interval of the difference, paired "
+             "by seed and widened by Newcombe's interval of the two means (one seed: "
+             "Newcombe's alone). results.csv holds every seed's row.", "",
              noise_protocol_line(table), "",
              *([FLAG_NOTE, ""] if "masking_flags" in table else [])]
     many = "seeds" in summary and summary["seeds"].max() > 1
