@@ -208,6 +208,14 @@ class RunStore:
                                 f"{CHECKPOINT_FORMAT})")
         theirs, ours = ckpt["identity"], cfg.identity()
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        unknown = [k for k in differ if k not in theirs]
+        if unknown and len(unknown) == len(differ):
+            raise RunStoreError(
+                f"checkpoint {checkpoint} was written by an earlier RobustFL version, before "
+                f"the keys {', '.join(unknown[:8])} existed; this version cannot resume it, "
+                "since it cannot tell what those runs did in their place. Its results stay "
+                "readable (`python -m simulation evaluate` on the run folder); start a new "
+                "run to train further.")
         if differ:
             details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {ours.get(k)!r}"
                                 for k in differ[:8])

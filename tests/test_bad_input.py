@@ -122,6 +122,9 @@ CASES = [
     ("checkpoint-of-another-config", lambda t, d, r: ["--set", f"resume-from={r}",
                                                       "--set", "train.lr=0.01"],
      ["different experiment", "train.lr"]),
+    ("checkpoint-of-an-older-version", lambda t, d, r: ["--set",
+                                                        f"resume-from={older_checkpoint(t, r)}"],
+     ["earlier RobustFL version", "train.objective", "cannot resume", "evaluate"]),
     ("checkpoint-corrupt", lambda t, d, r: ["--set", f"resume-from={corrupt_checkpoint(t)}"],
      ["cannot be read", "checkpoint.pt"]),
     ("min-nodes-above-supernodes", lambda t, d, r: ["--num-supernodes", "2", "--set",
@@ -141,6 +144,18 @@ CASES = [
                                                   "train.batch-size=65536"],
      ["will not fit in memory", "model.width=256", "train.batch-size=65536", "GiB to train"]),
 ]
+
+
+def older_checkpoint(tmp_path: Path, run: Path) -> Path:
+    """The finished run's checkpoint as a release from before train.objective wrote it."""
+    import torch
+
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["identity"]["train.objective"]
+    folder = tmp_path / "older-run"
+    folder.mkdir(exist_ok=True)
+    torch.save(ckpt, folder / "checkpoint.pt")
+    return folder / "checkpoint.pt"
 
 
 def corrupt_checkpoint(tmp_path: Path) -> Path:
