@@ -209,7 +209,7 @@ class RunStore:
         theirs, ours = ckpt["identity"], cfg.identity()
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         unknown = [k for k in differ if k not in theirs]
-        if unknown and len(unknown) == len(differ):
+        if unknown:  # whatever else differs, this version cannot resume it
             raise RunStoreError(
                 f"checkpoint {checkpoint} was written by an earlier RobustFL version, before "
                 f"the keys {', '.join(unknown[:8])} existed; this version cannot resume it, "
