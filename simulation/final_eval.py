@@ -21,8 +21,9 @@ from common import protocol, results
 from common.config import ExperimentConfig
 from common.data import load_cifar10
 from common.evaluation import NOISE_PROTOCOLS, EvalSettings, evaluate, parse_attacks
-from common.models import build_model
-from common.partition import eval_indices
+from common.device import server_device
+from common.eval_sets import test_subset
+from common.models import model_from_config
 
 # Against the plain model: the strong white-box attacks. Through the test-time noise: the
 # paper's protocol (FGSM), the same PGD, and the adaptive EOT-PGD that averages the noise.
@@ -140,16 +141,15 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
 
 
 def _test_subset(cfg: ExperimentConfig, limit: int, data_dir: str | None):
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_cifar10(data_dir or cfg.data.dir, download=cfg.data.download)
-    idx = torch.from_numpy(eval_indices(data.test_y.numpy(), limit, cfg.seed))
-    return data.test_x[idx].to(device), data.test_y[idx].to(device)
+    subset = test_subset(cfg, data, server_device(), limit)
+    return subset.images, subset.labels
 
 
 def _evaluate_model(cfg: ExperimentConfig, state_dict: dict[str, torch.Tensor], test_set,
                     levels: list[float], spec, protocol_name: str) -> list[dict]:
     images, labels = test_set
-    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+    model = model_from_config(cfg)
     model.load_state_dict(state_dict)
     model.to(images.device)
     rows = []
