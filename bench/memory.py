@@ -12,7 +12,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from common import protocol
 from common.partition import split_for
-from server.strategy import packed_record
+from common.packing import packed_record
 
 from .fixtures import Options, load_data
 from .local_fedavg import initial_state

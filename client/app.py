@@ -5,6 +5,11 @@ With fl.client-data=partition each node derives its partition from its node conf
 trains on every image in its own data-dir and is known by its node-name. Its share of the
 shared pool G arrives in a train message once and is kept in the node's context.state for the
 rest of the run.
+
+How to train in a round (every train.* and attack.* setting, common.protocol.train_settings)
+comes from the train message alone, as the server built it from its validated config; the
+run config gives the node only what the server does not send: the model, how the data is
+split, the seed, the fault injection and the local evaluation's budget.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import protocol
@@ -22,8 +27,8 @@ from common.config import ExperimentConfig
 from common.data import DataError
 from common.device import training_device
 from common.evaluation import EvalSettings, evaluate as evaluate_model, parse_attacks
-from common.models import build_model
-from common.packing import Layout, pack, unpack
+from common.models import model_from_config
+from common.packing import Layout, packed_record, unpacked_state
 from common.training import train as train_model
 
 from . import faults, local_data
@@ -41,9 +46,9 @@ def device() -> torch.device:
 
 def _global_model(msg: Message, cfg: ExperimentConfig) -> torch.nn.Module:
     """The server's model, unpacked from its one-vector-per-dtype form (common.packing)."""
-    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
-    packed = {dtype: a.numpy() for dtype, a in msg.content[protocol.ARRAYS].items()}
-    model.load_state_dict(unpack(packed, Layout.of(model.state_dict())))
+    model = model_from_config(cfg)
+    model.load_state_dict(unpacked_state(msg.content[protocol.ARRAYS],
+                                         Layout.of(model.state_dict())))
     return model
 
 
@@ -52,7 +57,7 @@ def _setup(context: Context) -> tuple[ExperimentConfig, NodeSettings]:
     return cfg, NodeSettings.from_node_config(context.node_config, cfg.fl.client_data)
 
 
-@app.query("hello")
+@app.query(protocol.HELLO_QUERY)
 def hello(msg: Message, context: Context) -> Message:
     """Tell the server who this node is (its client key; its node-name in local mode) and
     how many images it holds, after checking that they load. A node whose node config or
@@ -62,15 +67,15 @@ def hello(msg: Message, context: Context) -> Message:
         images, _ = local_data.training_images(cfg, node)
     except (NodeConfigError, DataError) as exc:
         log.warning("This node cannot take part: %s", exc)
-        name = context.node_config.get("node-name", "")
+        name = context.node_config.get("node-name", "")  # client.node's key, unchecked
         return Message(RecordDict({protocol.NODE: ConfigRecord({
-            "node-name": name if isinstance(name, str) else "", "problem": str(exc)})}),
-            reply_to=msg)
-    metrics = MetricRecord({"partition-id": node.key,
-                            "num-partitions": node.num_partitions,
-                            "num-examples": int(images.shape[0])})
+            protocol.NODE_NAME: name if isinstance(name, str) else "",
+            protocol.PROBLEM: str(exc)})}), reply_to=msg)
+    said = {protocol.CLIENT_KEY: node.key, protocol.NUM_PARTITIONS: node.num_partitions,
+            protocol.NUM_EXAMPLES: int(images.shape[0])}
+    metrics = MetricRecord({k: said[k] for k in protocol.HELLO_METRIC_KEYS})
     return Message(RecordDict({protocol.METRICS: metrics,
-                               protocol.NODE: ConfigRecord({"node-name": node.name})}),
+                               protocol.NODE: ConfigRecord({protocol.NODE_NAME: node.name})}),
                    reply_to=msg)
 
 
@@ -79,22 +84,23 @@ def _share(msg: Message, context: Context) -> tuple[np.ndarray, np.ndarray, bool
     wanted = str(msg.content[protocol.CONFIG][protocol.SHARE_HASH])
     if protocol.SHARE in msg.content:
         record = msg.content[protocol.SHARE]
-        x, y = record["x"].numpy(), record["y"].numpy()
+        x, y = record[protocol.SHARE_X].numpy(), record[protocol.SHARE_Y].numpy()
         got = protocol.content_hash(x, y)
         if got != wanted:
             raise ValueError(f"shared-pool share arrived corrupted (hash {got}, "
                              f"expected {wanted})")
-        context.state[protocol.SHARE] = ArrayRecord({"x": record["x"], "y": record["y"]})
-        context.state["share-meta"] = ConfigRecord({"hash": got})
+        context.state[protocol.SHARE] = ArrayRecord({protocol.SHARE_X: record[protocol.SHARE_X],
+                                                     protocol.SHARE_Y: record[protocol.SHARE_Y]})
+        context.state[protocol.SHARE_META] = ConfigRecord({protocol.SHARE_META_HASH: got})
         return x, y, True
-    meta = context.state.get("share-meta")
-    if meta is None or meta["hash"] != wanted:
+    meta = context.state.get(protocol.SHARE_META)
+    if meta is None or meta[protocol.SHARE_META_HASH] != wanted:
         # The server thinks we hold it but we do not (e.g. this node restarted): fail so
         # the server sends it again next round.
         raise RuntimeError(f"shared-pool share {wanted} not held by this node; "
                            "the server will resend it")
     record = context.state[protocol.SHARE]
-    return record["x"].numpy(), record["y"].numpy(), False
+    return record[protocol.SHARE_X].numpy(), record[protocol.SHARE_Y].numpy(), False
 
 
 @app.train()
@@ -112,7 +118,7 @@ def train(msg: Message, context: Context) -> Message:
     fault.before_training()
     dev = device()
     model = _global_model(msg, cfg).to(dev)
-    trainable = torch.compile(model) if cfg.train.compile else model
+    trainable = torch.compile(model) if settings.compile else model
     started = time.perf_counter()
     stats = train_model(trainable, images.to(dev), labels.to(dev), settings,
                         seed=protocol.client_seed(cfg.seed, server_round, node.key))
@@ -120,15 +126,14 @@ def train(msg: Message, context: Context) -> Message:
              stats.num_examples, stats.loss, time.perf_counter() - started)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {
-        "num-examples": fault.reported_examples(stats.num_examples),
-        "partition-id": node.key,
-        "shared-examples": int(share_x.shape[0]),
-        "share-received": int(share_received),
+        protocol.NUM_EXAMPLES: fault.reported_examples(stats.num_examples),
+        protocol.CLIENT_KEY: node.key,
+        protocol.SHARED_EXAMPLES: int(share_x.shape[0]),
+        protocol.SHARE_RECEIVED: int(share_received),
         **stats.as_metrics(),
     }
     reply = RecordDict({
-        protocol.ARRAYS: ArrayRecord({dtype: Array(v)
-                                      for dtype, v in pack(fault.corrupt(state)).items()}),
+        protocol.ARRAYS: packed_record(fault.corrupt(state)),
         protocol.METRICS: MetricRecord({k: metrics[k] for k in protocol.TRAIN_METRIC_KEYS}),
     })
     return Message(reply, reply_to=msg)
@@ -141,11 +146,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     dev = device()
     model = _global_model(msg, cfg).to(dev)
     images, labels = local_data.local_test_split(cfg, node)
-    settings = EvalSettings(parse_attacks(LOCAL_EVAL_ATTACKS), eps=cfg.eval.eps,
-                            step=cfg.eval.step, batch_size=cfg.eval.batch_size)
+    settings = EvalSettings.from_config(cfg.eval, attacks=parse_attacks(LOCAL_EVAL_ATTACKS),
+                                        noise_std=0.0)  # without the test-time noise
     server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
     acc = evaluate_model(model, images.to(dev), labels.to(dev), settings,
                          seed=protocol.eval_seed(cfg.seed, server_round))
-    metrics = MetricRecord({"num-examples": int(images.shape[0]),
-                            "partition-id": node.key, **acc})
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: int(images.shape[0]),
+                            protocol.CLIENT_KEY: node.key, **acc})
     return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -166,24 +166,9 @@ def pgd(
     return best.detach()
 
 
-def eot_pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    step: float,
-    steps: int,
-    samples: int = 10,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """PGD with the gradient averaged over `samples` draws of a randomized model."""
-    return pgd(model, x, y, eps, step, steps, eot_samples=samples, generator=generator)
-
-
 def deepfool(
     model: nn.Module,
     x: torch.Tensor,
-    num_classes: int = 10,
     steps: int = 50,
     overshoot: float = 0.02,
 ) -> torch.Tensor:
@@ -191,7 +176,8 @@ def deepfool(
 
     Returns the perturbed images, clipped to [0, 1]. It needs no true label: every example is
     pushed across the boundary of the label the model gives it, and stops moving once that
-    label flips. Iterates until every example is flipped or `steps` is reached.
+    label flips. Iterates until every example is flipped or `steps` is reached. Every class
+    the model scores (its logits' width) is a candidate.
     """
     x = x.detach()
     with eval_mode(model):
@@ -209,7 +195,7 @@ def deepfool(
             grads_true = torch.autograd.grad(true.sum(), x_adv, retain_graph=True)[0]
             best_ratio = torch.full_like(true, float("inf"))
             best_step = torch.zeros_like(x)
-            for k in range(num_classes):
+            for k in range(logits.shape[1]):
                 other = logits[:, k]
                 grad_k = torch.autograd.grad(other.sum(), x_adv, retain_graph=True)[0]
                 w = grad_k - grads_true

@@ -13,11 +13,10 @@ the config parse, which stays device-independent:
 The activations a step saves for its backward pass are counted, not guessed: the model runs
 once at widths 1 and 2 on two CPU images, and since every saved tensor is a feature map (whose
 size grows with the width) or a constant, the count at any width follows by a straight line.
-That covers every activation (TeLU saves 2.1x what in-place ReLU does) and both variants.
+That covers every activation (whose saved tensors differ) and both variants.
 PEAK_OVER_SAVED is the largest measured ratio of the peak RSS of a real training step on CPU
-to that count (fp32, clean+PGD-1+noise; widths 8 and 16, batch 32 and 64; relu 1.34-1.46,
-telu 1.21-1.32, rrelu 1.20, mish 1.15, gelu 1.09; no-downsample relu 1.33), rounded up: the
-backward pass's gradient buffers and temporaries. On CUDA, bf16 autocast saves smaller
+to that count, rounded up (the measurements: docs/performance.md): the backward pass's
+gradient buffers and temporaries. On CUDA, bf16 autocast saves smaller
 activations, so the estimate errs on the safe side there.
 """
 
@@ -31,7 +30,7 @@ import torch
 
 from .config import ConfigError, ExperimentConfig
 from .device import CLIENT_GPUS_ENV, choose_client_device, server_device
-from .models import build_model, count_parameters
+from .models import build_model
 
 GIB = 1024**3
 FLOAT_BYTES = 4
@@ -46,7 +45,7 @@ PROBE_IMAGES = 2
 def parameters(width: int, variant: str) -> int:
     """Exact parameter count, from a model built without memory (meta device)."""
     with torch.device("meta"):
-        return count_parameters(build_model("relu", width, variant))
+        return sum(p.numel() for p in build_model("relu", width, variant).parameters())
 
 
 @functools.lru_cache(maxsize=64)

@@ -6,10 +6,16 @@ space and clip to [0, 1] without knowing the dataset statistics.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .activations import make_activation
+from .data import NUM_CLASSES
+
+if TYPE_CHECKING:  # config imports this module (VARIANTS)
+    from .config import ExperimentConfig
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -50,7 +56,7 @@ class ResNet18(nn.Module):
         activation: str = "relu",
         width: int = 64,
         variant: str = "standard",
-        num_classes: int = 10,
+        num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -89,5 +95,7 @@ def build_model(activation: str, width: int, variant: str = "standard") -> ResNe
     return ResNet18(activation=activation, width=width, variant=variant)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def model_from_config(cfg: ExperimentConfig) -> ResNet18:
+    """The run's model (model.*), as the server, the clients and every evaluation build it:
+    the packed model on the wire relies on all of them building the same one."""
+    return build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)

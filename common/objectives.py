@@ -29,8 +29,8 @@ with the host.
            (logit adjustment). The code has no clean term and no separate KL term in its
            loss; neither has this. s = train.calfat-scale: 1 (default) is the unscaled
            calibrated CE, CE(z + log pi, y); the code's s = 10 (with its lr 0.01 and a small
-           CNN) trains this project's BN ResNet far worse (4 epochs on 512 images at width
-           8: 9.7% natural accuracy at s = 10, 26.7% at s = 1), so it is opt-in.
+           CNN) trains this project's BN ResNet far worse (measured in docs/performance.md),
+           so it is opt-in.
            pi is the label distribution of everything the client trains on in the call
            (its partition plus its share of G): the prior of the data the loss sees,
            computed from the labels `train` receives, on the client.

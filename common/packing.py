@@ -1,11 +1,10 @@
 """The model on the wire: a state dict packed into one flat vector per dtype.
 
 Flower moves every array of a message as objects of their own, each an HTTP request through
-the SuperLink and a few SQLite statements there. A ResNet-18 state dict has 122 tensors, ~200
-objects once trained, so one train message and its reply cost ~400 requests; with three
-clients a round of a real deployment took 33-53 s on a 2-core machine, 11-12 s packed, for 1-2
-s of training. Packed, a model is two vectors (float32 weights and statistics, int64 BatchNorm
-counters).
+the SuperLink and a few SQLite statements there; a ResNet-18 state dict has over a hundred
+tensors. Packed, a model is two vectors (float32 weights and statistics, int64 BatchNorm
+counters), and a round costs a fraction of the requests (measured in docs/performance.md,
+"The model on the wire").
 
 Only the vectors travel: server and clients build the same model from the run config, so both
 know the layout (names, shapes, dtypes, order) without sending it. Element-wise aggregation
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flwr.app import Array, ArrayRecord
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,14 @@ def unpack(packed: Mapping[str, np.ndarray], layout: Layout) -> dict[str, torch.
         state[name] = torch.from_numpy(part.reshape(shape).copy())
         offsets[dtype] += n
     return state
+
+
+def packed_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """A state dict as the ArrayRecord that travels (server, client and benchmarks alike):
+    one Array per dtype."""
+    return ArrayRecord({dtype: Array(v) for dtype, v in pack(state).items()})
+
+
+def unpacked_state(record: ArrayRecord, layout: Layout) -> dict[str, torch.Tensor]:
+    """The state dict back from a packed ArrayRecord, checked against `layout` (unpack)."""
+    return unpack({dtype: a.numpy() for dtype, a in record.items()}, layout)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import NUM_CLASSES
+
 SCHEMES = ("iid", "classes", "dirichlet")
-NUM_CLASSES = 10
 DIRICHLET_MAX_ATTEMPTS = 1000
 
 # Tags keep the random streams of different purposes independent for one seed.

@@ -1,7 +1,8 @@
 """The progress lines the server logs and the harness draws: one format, one parser.
 
 The ServerApp logs them (through Flower's log stream) and simulation/progress.py parses them
-back, so both sides live here:
+back. Each kind of line is one `LineFormat`, a template that writes the line and, read
+backwards, parses it, so the two cannot drift apart:
 
     [round 3/10] natural 41.2% | ... | 10 ok, 0 failed, 0 rejected | 62 s, eta 7.2 min
     [round 3/10 training] 10 clients training, 30 s elapsed, no reply yet
@@ -16,14 +17,55 @@ reply, then one line per batch of replies, then the central evaluation).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-_END = re.compile(r"\[round (\d+)/(\d+)\] (.*)$")
-_EVALUATING = re.compile(r"\[round (\d+)/(\d+) evaluating\] (.*)$")
-_TRAINING = re.compile(
-    r"\[round (\d+)/(\d+) training\] (?:(\d+) clients training, (\d+) s elapsed, no reply yet"
-    r"|(\d+)/(\d+) clients done, (\d+) s elapsed \| ([\d,]+) images/s .*)$")
 IMAGES_PER_SECOND_BASIS = "finished clients' images x epochs / wall time"
+
+# What a field of a template may hold, and how its text becomes a value again.
+_KINDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "int": (r"\d+", int),
+    "number": (r"[-+\w.,]+", lambda text: float(text.replace(",", ""))),  # 1,850 | 7.2 | nan
+    "text": (r".*", str),
+}
+_FIELD = re.compile(r"\{(\w+)(?::[^}]*)?\}")  # a str.format field: {name} or {name:spec}
+
+
+class LineFormat:
+    """A line laid out by a str.format template whose fields each have a kind (_KINDS):
+    `format` fills the template, `parse` finds such a line (after any prefix) and returns
+    its fields' values."""
+
+    def __init__(self, template: str, **kinds: str) -> None:
+        self.template, self.kinds = template, kinds
+        parts = _FIELD.split(template)  # literal, field name, literal, ...
+        pattern = "".join(re.escape(part) if i % 2 == 0
+                          else f"(?P<{part}>{_KINDS[kinds[part]][0]})"
+                          for i, part in enumerate(parts))
+        self._regex = re.compile(pattern + "$")
+
+    def format(self, **values: Any) -> str:
+        return self.template.format(**values)
+
+    def parse(self, line: str) -> dict[str, Any] | None:
+        m = self._regex.search(line)
+        if m is None:
+            return None
+        return {name: _KINDS[self.kinds[name]][1](text) for name, text in m.groupdict().items()}
+
+
+_ROUND = {"round": "int", "total": "int"}
+END = LineFormat("[round {round}/{total}] {detail}", **_ROUND, detail="text")
+EVALUATING = LineFormat("[round {round}/{total} evaluating] {detail}", **_ROUND, detail="text")
+WAITING = LineFormat("[round {round}/{total} training] {sampled} clients training, "
+                     "{elapsed:.0f} s elapsed, no reply yet",
+                     **_ROUND, sampled="int", elapsed="number")
+TRAINING = LineFormat("[round {round}/{total} training] {done}/{sampled} clients done, "
+                      "{elapsed:.0f} s elapsed | {rate:,.0f} images/s ("
+                      + IMAGES_PER_SECOND_BASIS + ") | round eta {eta_minutes:.1f} min",
+                      **_ROUND, done="int", sampled="int", elapsed="number", rate="number",
+                      eta_minutes="number")
 
 
 @dataclass(frozen=True)
@@ -58,40 +100,34 @@ class RoundTraining:
 
 
 def round_end(rnd: int, total: int, detail: str) -> str:
-    return f"[round {rnd}/{total}] {detail}"
+    return END.format(round=rnd, total=total, detail=detail)
 
 
 def round_evaluating(rnd: int, total: int, detail: str) -> str:
-    return f"[round {rnd}/{total} evaluating] {detail}"
+    return EVALUATING.format(round=rnd, total=total, detail=detail)
 
 
 def round_training(rnd: int, total: int, sampled: int, done: int, elapsed: float,
                    images: int = 0) -> str:
     """`images`: the training images the finished clients went through (their examples x
     local epochs); the rate is that over the round's wall time so far."""
-    head = f"[round {rnd}/{total} training]"
     if not done:
-        return f"{head} {sampled} clients training, {elapsed:.0f} s elapsed, no reply yet"
+        return WAITING.format(round=rnd, total=total, sampled=sampled, elapsed=elapsed)
     status = RoundTraining(rnd, total, sampled, done, elapsed)
-    rate = images / elapsed if elapsed > 0 else 0.0
-    return (f"{head} {done}/{sampled} clients done, {elapsed:.0f} s elapsed | "
-            f"{rate:,.0f} images/s ({IMAGES_PER_SECOND_BASIS}) | "
-            f"round eta {status.eta / 60:.1f} min")
+    return TRAINING.format(round=rnd, total=total, done=done, sampled=sampled, elapsed=elapsed,
+                           rate=images / elapsed if elapsed > 0 else 0.0,
+                           eta_minutes=status.eta / 60)
 
 
 def parse(line: str) -> RoundEnd | RoundTraining | RoundEvaluating | None:
     """The progress line inside a log line (any prefix), or None."""
-    m = _TRAINING.search(line)
-    if m:
-        rnd, total = int(m.group(1)), int(m.group(2))
-        if m.group(3) is not None:
-            return RoundTraining(rnd, total, int(m.group(3)), 0, float(m.group(4)))
-        return RoundTraining(rnd, total, int(m.group(6)), int(m.group(5)), float(m.group(7)),
-                             float(m.group(8).replace(",", "")))
-    m = _EVALUATING.search(line)
-    if m:
-        return RoundEvaluating(int(m.group(1)), int(m.group(2)), m.group(3))
-    m = _END.search(line)
-    if m:
-        return RoundEnd(int(m.group(1)), int(m.group(2)), m.group(3))
+    if (v := TRAINING.parse(line)) is not None:
+        return RoundTraining(v["round"], v["total"], v["sampled"], v["done"], v["elapsed"],
+                             v["rate"])
+    if (v := WAITING.parse(line)) is not None:
+        return RoundTraining(v["round"], v["total"], v["sampled"], 0, v["elapsed"])
+    if (v := EVALUATING.parse(line)) is not None:
+        return RoundEvaluating(v["round"], v["total"], v["detail"])
+    if (v := END.parse(line)) is not None:
+        return RoundEnd(v["round"], v["total"], v["detail"])
     return None

@@ -1,8 +1,9 @@
-"""What the server and the clients say to each other: message keys and round settings.
+"""What the server and the clients say to each other: message, metric and state keys, and
+the round settings.
 
 Flower-free on purpose: server/ and client/ never import each other, so the names they must
 agree on live here, next to the conversions between the experiment config and the flat
-dicts that travel in a ConfigRecord.
+dicts that travel in a ConfigRecord. Neither side writes one of these keys as a literal.
 """
 
 from __future__ import annotations
@@ -15,61 +16,58 @@ import numpy as np
 
 from .config import ExperimentConfig
 from .schedules import lr_at
-from .training import TrainSettings
+from .training import TrainSettings, TrainStats
 
 # Record keys inside a Message's RecordDict.
 ARRAYS = "arrays"  # the global model (server -> client) or the update (client -> server)
 CONFIG = "config"  # the round's settings (server -> client)
-SHARE = "share"  # the client's share of the shared pool G: {"x": uint8, "y": int64}
+SHARE = "share"  # the client's share of the shared pool G: {SHARE_X: uint8, SHARE_Y: int64}
+SHARE_X, SHARE_Y = "x", "y"
 METRICS = "metrics"  # the client's reply metrics
+# The hello reply's ConfigRecord: NODE_NAME (fl.client-data=local) and, when the node cannot
+# take part (its node config or data is broken), PROBLEM: why, naming the node and the file.
+NODE = "node"
+NODE_NAME = "node-name"
+PROBLEM = "problem"
 
-HELLO = "query.hello"  # server asks a new node who it is; the node checks its data
+HELLO_QUERY = "hello"  # server asks a new node who it is; the node checks its data
+HELLO = f"query.{HELLO_QUERY}"  # its message type
 SHARE_HASH = "share-hash"  # content hash of the share the client must use this round
 SERVER_ROUND = "server-round"
 
+# The node's own state (Context.state), kept between rounds: its share (SHARE) and a
+# ConfigRecord {SHARE_META_HASH: content hash} that says which share that is.
+SHARE_META = "share-meta"
+SHARE_META_HASH = "hash"
+
+# Metric keys. CLIENT_KEY in hello, train and evaluate replies carries the client key
+# (common.client_key): the partition id, or in local mode the key of the node-name.
+NUM_EXAMPLES = "num-examples"  # what FedAvg weights by (Flower's weighted_by_key)
+CLIENT_KEY = "partition-id"
+NUM_PARTITIONS = "num-partitions"  # 0 in local mode
+SHARED_EXAMPLES = "shared-examples"
+SHARE_RECEIVED = "share-received"
 # Keys every train reply carries, in this order (Flower requires identical key sets).
-TRAIN_METRIC_KEYS = (
-    "num-examples", "partition-id", "shared-examples", "share-received",
-    "train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc",
-    "train_steps", "train_seconds",
-)
-HELLO_METRIC_KEYS = ("partition-id", "num-partitions", "num-examples")
-# The hello reply's ConfigRecord: "node-name" (fl.client-data=local) and, when the node cannot
-# take part (its node config or data is broken), "problem": why, naming the node and the file.
-NODE = "node"
-# "partition-id" in hello and train replies carries the client key (common.client_key): the
-# partition id, or in local mode the key of the node-name.
+TRAIN_METRIC_KEYS = (NUM_EXAMPLES, CLIENT_KEY, SHARED_EXAMPLES, SHARE_RECEIVED,
+                     *TrainStats.METRIC_KEYS)
+# Keys of the hello reply's MetricRecord: who the node is and how many images it holds.
+HELLO_METRIC_KEYS = (CLIENT_KEY, NUM_PARTITIONS, NUM_EXAMPLES)
 
 
 def train_settings(cfg: ExperimentConfig, server_round: int) -> TrainSettings:
-    """The settings of round `server_round` (1-based): LR schedule position, attack, noise."""
-    t, a, rounds = cfg.train, cfg.attack, cfg.fl.num_rounds
-    return TrainSettings(
-        lr=t.lr,
-        schedule=t.schedule,
-        progress_start=(server_round - 1) / rounds,
-        progress_end=server_round / rounds,
-        epochs=t.local_epochs,
-        batch_size=t.batch_size,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        label_smoothing=t.label_smoothing,
-        noise_std=t.noise_std,
-        adversarial=t.adversarial,
-        weight_clean=t.weight_clean,
-        weight_adv=t.weight_adv,
-        weight_noise=t.weight_noise,
-        eps=a.eps,
-        step=a.step,
-        steps=a.steps,
-        random_start=a.random_start,
-        amp=t.amp,
-        objective=t.objective,
-        trades_beta=t.trades_beta,
-        mart_beta=t.mart_beta,
-        fgsm_rs_step=t.fgsm_rs_step,
-        calfat_scale=t.calfat_scale,
-    )
+    """The settings of round `server_round` (1-based): every train.* and attack.* key under
+    its own name (train.local-epochs as epochs) and the round's span of the LR schedule. The
+    config is their one source: a new training key reaches TrainSettings by its name."""
+    t, rounds = cfg.train, cfg.fl.num_rounds
+    by_name = {f.name: getattr(section, f.name)
+               for section in (t, cfg.attack) for f in dataclasses.fields(section)}
+    by_name.update(epochs=t.local_epochs, progress_start=(server_round - 1) / rounds,
+                   progress_end=server_round / rounds)
+    names = [f.name for f in dataclasses.fields(TrainSettings)]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise TypeError(f"TrainSettings fields {unknown} name no train.* or attack.* key")
+    return TrainSettings(**{n: by_name[n] for n in names})
 
 
 def round_lr_range(cfg: ExperimentConfig, server_round: int) -> tuple[float, float]:

@@ -18,39 +18,41 @@ import torch
 from torch import nn
 
 from . import objectives, schedules
-from .data import augment
-
-NUM_CLASSES = 10
+from .data import NUM_CLASSES, augment
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything one call of `train` needs; built from the experiment config per round."""
+    """Everything one call of `train` needs. No defaults of its own: a run builds it per round
+    from the experiment config (common.protocol.train_settings), where every value has its
+    one default; each field is the train.* or attack.* key of its name, except epochs
+    (train.local-epochs) and the round's span of the schedule."""
 
     lr: float
-    schedule: str = "fixed"
-    progress_start: float = 0.0  # global training progress covered by this call
-    progress_end: float = 1.0
-    epochs: int = 1
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    label_smoothing: float = 0.05
-    noise_std: float = 0.05
-    adversarial: bool = True
-    weight_clean: float = 1.0
-    weight_adv: float = 1.0
-    weight_noise: float = 1.0
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    steps: int = 10
-    random_start: bool = True
-    amp: bool = True  # bf16 autocast, CUDA only
-    objective: str = "mixed"  # common.objectives.NAMES
-    trades_beta: float = 6.0
-    mart_beta: float = 6.0
-    fgsm_rs_step: float = 1.25  # in units of eps
-    calfat_scale: float = 1.0
+    schedule: str
+    progress_start: float  # global training progress covered by this call
+    progress_end: float
+    epochs: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    noise_std: float
+    adversarial: bool
+    weight_clean: float
+    weight_adv: float
+    weight_noise: float
+    eps: float
+    step: float
+    steps: int
+    random_start: bool
+    amp: bool  # bf16 autocast, CUDA only
+    compile: bool  # torch.compile the model: done by the caller, which owns the model
+    objective: str  # common.objectives.NAMES
+    trades_beta: float
+    mart_beta: float
+    fgsm_rs_step: float  # in units of eps
+    calfat_scale: float
 
     def part_weights(self) -> dict[str, float]:
         """Normalized loss weights of the parts the mixed objective actually uses."""
@@ -82,26 +84,14 @@ class TrainStats:
     clean_acc: float
     seconds: float
 
+    # The names of the statistics in a train reply (common.protocol.TRAIN_METRIC_KEYS).
+    METRIC_KEYS = ("train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc",
+                   "train_steps", "train_seconds")
+
     def as_metrics(self) -> dict[str, float | int]:
-        return {
-            "train_loss": self.loss,
-            "clean_loss": self.clean_loss,
-            "adv_loss": self.adv_loss,
-            "noise_loss": self.noise_loss,
-            "train_acc": self.clean_acc,
-            "train_steps": self.steps,
-            "train_seconds": self.seconds,
-        }
-
-
-def soft_labels(y: torch.Tensor, alpha: float, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """Soft targets: the true class gets 1 - alpha(N-1)/N, every other class alpha/N.
-
-    This is exactly what F.cross_entropy(label_smoothing=alpha) uses; it is here to be
-    checked and for callers that need the targets themselves.
-    """
-    targets = torch.full((y.numel(), num_classes), alpha / num_classes, device=y.device)
-    return targets.scatter_(1, y[:, None], 1 - alpha * (num_classes - 1) / num_classes)
+        return dict(zip(self.METRIC_KEYS, (self.loss, self.clean_loss, self.adv_loss,
+                                           self.noise_loss, self.clean_acc, self.steps,
+                                           self.seconds)))
 
 
 @dataclass(frozen=True)
@@ -109,8 +99,8 @@ class FastPath:
     """Device-specific speed-ups of the training loop (same maths, other kernels).
 
     channels_last memory layout is on by default on every device: on this project's CPU it
-    makes the adversarial-training step 1.30x faster (docs/performance.md), on CUDA it is
-    what tensor-core convolutions want. bf16 autocast for the forward passes of training and
+    makes the adversarial-training step faster (measured in docs/performance.md), on CUDA it
+    is what tensor-core convolutions want. bf16 autocast for the forward passes of training and
     of PGD generation (gradients and the optimizer stay fp32; evaluation attacks never use
     autocast) is on only on CUDA: on CPUs without native bf16 it is slower, and it changes
     the numbers. FastPath() is the plain NCHW fp32 path that tests compare against.

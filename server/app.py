@@ -19,7 +19,7 @@ from common.config import ConfigError, ExperimentConfig
 from common.data import load_cifar10
 from common.device import server_device
 from common.footprint import check_fits
-from common.models import build_model
+from common.models import model_from_config
 from common.packing import Layout
 from common.partition import shared_plan
 from common.run_folder import RunStore
@@ -45,11 +45,11 @@ def main(grid: Grid, context: Context) -> None:
         data = load_cifar10(cfg.data.dir, download=cfg.data.download)
         plan = shared_plan(cfg, data.train_y.numpy())
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+        model = model_from_config(cfg)
         strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan,
                                  Layout.of(model.state_dict()))
         log(INFO, "Aggregation: %s; shared pool G: %d images, %d per client share",
-            type(strategy).__name__, plan.shared.size,
+            strategy.name, plan.shared.size,
             int(round(cfg.fl.shared_share * plan.shared.size)))
         evaluator = CentralEvaluator(cfg, data, device())
         if resume:

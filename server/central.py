@@ -1,8 +1,6 @@
-"""Central evaluation of the global model during the run, on a fixed, seeded, class-balanced
-subset: of the validation split (data.val-size > 0, the default), so that choosing best.pt
-never looks at the test set; of the test set only when a run holds no validation split.
-
-data.eval-limit caps the images of either (a class-balanced part; 0 or more = all of them).
+"""Central evaluation of the global model during the run, on the in-run subset of
+common.eval_sets: of the validation split (data.val-size > 0, the default), so that choosing
+best.pt never looks at the test set; of the test set only when a run holds no validation split.
 """
 
 from __future__ import annotations
@@ -16,22 +14,20 @@ from flwr.common.logger import log
 from common import protocol
 from common.config import ExperimentConfig
 from common.data import Cifar10
+from common.eval_sets import in_run_subset
 from common.evaluation import EvalSettings, columns, evaluate
-from common.models import build_model
-from common.partition import eval_indices, validation_indices
+from common.models import model_from_config
 
 
 class CentralEvaluator:
     def __init__(self, cfg: ExperimentConfig, data: Cifar10, device: torch.device) -> None:
-        images, labels, self.eval_set = evaluation_set(cfg, data)
-        idx = torch.from_numpy(eval_indices(labels.numpy(), cfg.data.eval_limit, cfg.seed))
-        self.images = images[idx].to(device)
-        self.labels = labels[idx].to(device)
+        subset = in_run_subset(cfg, data, device)
+        self.images, self.labels, self.eval_set = subset.images, subset.labels, subset.split
         self.settings = EvalSettings.from_config(cfg.eval)
         self.cfg = cfg
-        self.model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+        self.model = model_from_config(cfg)
         self.model.to(device)
-        _log_split(cfg, data, self.eval_set, int(self.images.shape[0]))
+        _log_split(cfg, data, self.eval_set, subset.size)
 
     @property
     def columns(self) -> list[str]:
@@ -46,16 +42,6 @@ class CentralEvaluator:
         metrics["eval_examples"] = int(self.images.shape[0])
         metrics["eval_set"] = self.eval_set
         return metrics
-
-
-def evaluation_set(cfg: ExperimentConfig, data: Cifar10) -> tuple[torch.Tensor, torch.Tensor,
-                                                                   str]:
-    """(images, labels, "val" or "test") the in-run evaluation draws its subset from."""
-    if cfg.data.val_size > 0:
-        idx = torch.from_numpy(validation_indices(data.train_y.numpy(), cfg.data.val_size,
-                                                  cfg.seed))
-        return data.train_x[idx], data.train_y[idx], "val"
-    return data.test_x, data.test_y, "test"
 
 
 def _log_split(cfg: ExperimentConfig, data: Cifar10, eval_set: str, examples: int) -> None:

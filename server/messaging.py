@@ -87,7 +87,7 @@ def trained_examples(reply: Message) -> int:
     if reply.has_error():
         return 0
     try:
-        count = float(reply.content[protocol.METRICS]["num-examples"])
+        count = float(reply.content[protocol.METRICS][protocol.NUM_EXAMPLES])
     except (KeyError, TypeError, ValueError):
         return 0
     return int(count) if math.isfinite(count) and count > 0 else 0

@@ -21,7 +21,8 @@ from common.run_folder import RunStore
 
 from .central import CentralEvaluator
 from .messaging import RoundReporter, exchange
-from .strategy import NotEnoughNodes, SharedPool
+from .nodes import NotEnoughNodes
+from .strategy import SharedPool
 
 LOSS_KEYS = ("train_loss", "clean_loss", "adv_loss", "noise_loss", "train_acc")
 
@@ -75,10 +76,9 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
         replies, _ = exchange(grid, messages, timeout=cfg.fl.round_timeout,
                               reporter=RoundReporter(rnd, cfg.fl.num_rounds,
                                                      cfg.train.local_epochs))
-        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        new_arrays, _, client_rows = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        client_rows = strategy.client_rows
         t_train = time.perf_counter() - t0
 
         federated = {}

@@ -22,10 +22,10 @@ import pandas as pd
 from common import protocol, results
 from common.diagnostics import DiagnosticSettings, diagnose, eps_curve, masking_flags
 from common.evaluation import EvalSettings
-from common.models import build_model
+from common.models import model_from_config
 from common.run_folder import RunStore
 
-from .final_eval import _test_subset
+from .final_eval import final_test_images
 
 DIAGNOSTIC_TAG = 20_000  # keeps the diagnostics' attack seed apart from the evaluations'
 CHECK_COLUMNS = ["model", "check", "passed", "value", "threshold", "explanation", "measured"]
@@ -110,8 +110,8 @@ def diagnose_run(run: Path, model: str = "final", eval_limit: int | None = None,
     done = results.read_csv(cache)
     if not _matches(done, model, key):
         started = time.perf_counter()
-        x, y = _test_subset(cfg, count, data_dir)
-        net = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+        x, y = final_test_images(cfg, count, data_dir)
+        net = model_from_config(cfg)
         net.load_state_dict(store.model_state(model))
         net.to(x.device)
         settings = EvalSettings.from_config(cfg.eval, attacks=())

@@ -20,9 +20,10 @@ import torch
 from common import protocol, results
 from common.config import ExperimentConfig
 from common.data import load_cifar10
+from common.device import server_device
+from common.eval_sets import test_subset
 from common.evaluation import NOISE_PROTOCOLS, EvalSettings, evaluate, parse_attacks
-from common.models import build_model
-from common.partition import eval_indices
+from common.models import model_from_config
 from common.run_folder import RunStore
 
 # Against the plain model: the strong white-box attacks. Through the test-time noise: the
@@ -139,7 +140,7 @@ def evaluate_run(run: Path, noise_levels: list[float], attacks: str = HONEST_ATT
                      **request.spec(s, "best")} for s in wanted]
         else:
             if test_set is None:
-                test_set = _test_subset(cfg, request.limit, data_dir)
+                test_set = final_test_images(cfg, request.limit, data_dir)
             rows = _evaluate_model(cfg, store.model_state(model), test_set, wanted,
                                    lambda s, m=model: request.spec(s, m),
                                    request.noise_protocol)
@@ -170,17 +171,16 @@ def evaluated_rows(run: Path, noise_levels: list[float], attacks: str = HONEST_A
     return request.select(done, noise_levels)
 
 
-def _test_subset(cfg: ExperimentConfig, limit: int, data_dir: str | None):
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def final_test_images(cfg: ExperimentConfig, limit: int, data_dir: str | None):
     data = load_cifar10(data_dir or cfg.data.dir, download=cfg.data.download)
-    idx = torch.from_numpy(eval_indices(data.test_y.numpy(), limit, cfg.seed))
-    return data.test_x[idx].to(device), data.test_y[idx].to(device)
+    subset = test_subset(cfg, data, server_device(), limit)
+    return subset.images, subset.labels
 
 
 def _evaluate_model(cfg: ExperimentConfig, state_dict: dict[str, torch.Tensor], test_set,
                     levels: list[float], spec, protocol_name: str) -> list[dict]:
     images, labels = test_set
-    model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+    model = model_from_config(cfg)
     model.load_state_dict(state_dict)
     model.to(images.device)
     rows = []

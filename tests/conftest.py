@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,6 +12,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ROBUSTFL_TEST_DATA", ROOT.parent / "shared" / "data" /
                                "cifar10-small"))
+
+
+def train_settings(**values):
+    """TrainSettings for unit tests, which TrainSettings no longer gives defaults: the
+    config's defaults over the whole LR schedule, changed to what the tests were written
+    against (one epoch, batch 128, PGD-10 with step 2/255), then by `values`."""
+    from common import protocol
+    from common.config import ExperimentConfig
+
+    written_against = dict(progress_start=0.0, progress_end=1.0, epochs=1, batch_size=128,
+                           step=2 / 255, steps=10)
+    return dataclasses.replace(protocol.train_settings(ExperimentConfig(), 1),
+                               **{**written_against, **values})
 
 
 def pytest_configure(config):
@@ -35,11 +49,12 @@ def cifar(data_dir):
 def trained_model(cifar):
     """Width-8 ResNet-18 after two epochs of adversarial training on the 5,000 images."""
     from common.models import build_model
-    from common.training import TrainSettings, make_optimizer, train
+    from common.training import make_optimizer, train
 
     torch.manual_seed(0)
     model = build_model("relu", 8)
-    settings = TrainSettings(lr=0.05, epochs=1, batch_size=64, steps=3, step=2.5 * 8 / 255 / 3)
+    settings = train_settings(lr=0.05, epochs=1, batch_size=64, steps=3,
+                              step=2.5 * 8 / 255 / 3)
     optimizer = make_optimizer(model, settings)
     for epoch in range(2):
         train(model, cifar.train_x, cifar.train_y, settings, seed=epoch, optimizer=optimizer)

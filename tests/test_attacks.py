@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.attacks import GaussianNoise, deepfool, eot_pgd, eval_mode, fgsm, pgd
+from common.attacks import GaussianNoise, deepfool, eval_mode, fgsm, pgd
 from common.data import to_float
 from common.models import build_model
 from . import toys
@@ -32,7 +32,7 @@ def test_outputs_stay_in_the_eps_ball_and_in_unit_range(attack):
         "pgd": lambda: pgd(model, x, y, EPS, 2 / 255, 5),
         "pgd-restarts": lambda: pgd(model, x, y, EPS, 2 / 255, 3, restarts=3),
         "cw": lambda: pgd(model, x, y, EPS, 2 / 255, 3, loss="cw"),
-        "eot": lambda: eot_pgd(GaussianNoise(model, 0.1), x, y, EPS, 2 / 255, 3, samples=3),
+        "eot": lambda: pgd(GaussianNoise(model, 0.1), x, y, EPS, 2 / 255, 3, eot_samples=3),
     }
     assert _in_ball(make[attack](), x, EPS)
 
@@ -127,7 +127,7 @@ def test_eot_pgd_is_at_least_as_strong_as_plain_pgd_through_noise(trained_model,
     torch.manual_seed(0)
     plain = noisy_acc(pgd(noisy, x, y, EPS, 2 / 255, 10))
     torch.manual_seed(0)
-    eot = noisy_acc(eot_pgd(noisy, x, y, EPS, 2 / 255, 10, samples=8))
+    eot = noisy_acc(pgd(noisy, x, y, EPS, 2 / 255, 10, eot_samples=8))
     assert eot <= plain + 0.01
 
 
@@ -233,8 +233,8 @@ def test_eot_steps_along_the_mean_gradient_where_one_draw_does_not():
     model, x = toys.NoisyGradient(), toys.grey_images(4)
     y = torch.zeros(4, dtype=torch.long)
     torch.manual_seed(0)
-    one = eot_pgd(model, x, y, EPS, 2 * EPS, 1, samples=1)
-    averaged = eot_pgd(model, x, y, EPS, 2 * EPS, 1, samples=32)
+    one = pgd(model, x, y, EPS, 2 * EPS, 1, eot_samples=1)
+    averaged = pgd(model, x, y, EPS, 2 * EPS, 1, eot_samples=32)
     assert (model.offset(one) < 0.5).all()  # one draw: 69% of the signs right, s ~ 0.38
     assert (model.offset(averaged) > 0.95).all()  # 32 draws: 99.8% right, s ~ 0.996
     with torch.no_grad():

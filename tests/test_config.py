@@ -5,7 +5,7 @@ import pytest
 
 from common.config import ConfigError, ExperimentConfig, defaults
 
-from .conftest import ROOT
+from .conftest import ROOT, train_settings
 
 
 def test_defaults_build_and_round_trip():
@@ -165,8 +165,7 @@ def test_loss_parts_are_exactly_the_parts_training_builds():
     names the same parts that TrainSettings.part_weights keeps."""
     import itertools
 
-    from common.protocol import train_settings
-    from common.training import TrainSettings
+    from common import protocol
 
     for wc, adv, wa, sigma, wn in itertools.product((0.0, 1.0), (False, True), (0.0, 1.0),
                                                     (0.0, 0.05), (0.0, 1.0)):
@@ -177,10 +176,10 @@ def test_loss_parts_are_exactly_the_parts_training_builds():
         except ConfigError as err:
             assert "no loss term" in str(err), flat
             with pytest.raises(ValueError, match="every loss part has weight 0"):
-                TrainSettings(lr=0.1, weight_clean=wc, adversarial=adv, weight_adv=wa,
-                              noise_std=sigma, weight_noise=wn).part_weights()
+                train_settings(lr=0.1, weight_clean=wc, adversarial=adv, weight_adv=wa,
+                               noise_std=sigma, weight_noise=wn).part_weights()
             continue
-        parts = tuple(train_settings(cfg, 1).part_weights())
+        parts = tuple(protocol.train_settings(cfg, 1).part_weights())
         assert cfg.train.loss_parts() == parts, flat
 
 

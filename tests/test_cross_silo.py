@@ -267,24 +267,25 @@ def local_strategy(cifar):
 def test_a_taken_node_name_is_refused_until_its_holder_leaves(local_strategy):
     s = local_strategy
     for node, name in [(11, "site-a"), (12, "site-b"), (13, "site-c")]:
-        s.greet(node, hello_reply(node, name), connected={11, 12, 13, 14, 15})
-    s.greet(14, hello_reply(14, "site-b", examples=7), connected={11, 12, 13, 14, 15})
-    s.greet(15, hello_reply(15, "site-d", problem="node 'site-d': /x/data_batch_1 is corrupt"),
-            connected={11, 12, 13, 14, 15})
-    assert sorted(s.nodes) == [11, 12, 13]
-    assert "node-name 'site-b' is taken by node 12" in s.refused[14]
-    s.aggregate_train(1, [])  # the round's rows: the refusals, named
-    rows = {r["node_id"]: r for r in s.client_rows}
+        s.registry.greet(node, hello_reply(node, name), connected={11, 12, 13, 14, 15})
+    s.registry.greet(14, hello_reply(14, "site-b", examples=7), connected={11, 12, 13, 14, 15})
+    s.registry.greet(15, hello_reply(15, "site-d",
+                                     problem="node 'site-d': /x/data_batch_1 is corrupt"),
+                     connected={11, 12, 13, 14, 15})
+    assert sorted(s.registry.nodes) == [11, 12, 13]
+    assert "node-name 'site-b' is taken by node 12" in s.registry.refused[14]
+    _, _, client_rows = s.aggregate_train(1, [])  # the round's rows: the refusals, named
+    rows = {r["node_id"]: r for r in client_rows}
     assert (rows["14"]["status"], rows["14"]["node_name"]) == ("refused", "site-b")
     assert (rows["15"]["node_name"], rows["15"]["reason"]) == (
         "site-d", "node 'site-d': /x/data_batch_1 is corrupt")
     assert "partition_id" not in rows["14"]
 
-    s._admit_waiting({11, 12, 13, 14})  # 12 still connected: 14 keeps waiting
-    assert 14 not in s.nodes
-    s._admit_waiting({11, 13, 14})  # 12 left (a restart whose old id lingered)
-    assert s.nodes[14].name == "site-b" and 14 not in s.refused
-    assert s.nodes[14].key == s.nodes[12].key == of_name("site-b")
+    s.registry._admit_waiting({11, 12, 13, 14})  # 12 still connected: 14 keeps waiting
+    assert 14 not in s.registry.nodes
+    s.registry._admit_waiting({11, 13, 14})  # 12 left (a restart whose old id lingered)
+    assert s.registry.nodes[14].name == "site-b" and 14 not in s.registry.refused
+    assert s.registry.nodes[14].key == s.registry.nodes[12].key == of_name("site-b")
 
 
 def test_a_node_that_does_not_answer_its_hello_is_skipped_without_a_clients_row(
@@ -293,10 +294,10 @@ def test_a_node_that_does_not_answer_its_hello_is_skipped_without_a_clients_row(
     # That is a node gone, not a refusal: clients.csv keeps one row per client and round.
     s = local_strategy
     failed = Message(Error(code=0, reason="Node Unavailable"), reply_to=hello_sent(16))
-    s.greet(16, failed, connected={16})
-    assert "Node Unavailable" in s.refused[16] and 16 not in s.nodes
-    s.aggregate_train(1, [])
-    assert s.client_rows == []
+    s.registry.greet(16, failed, connected={16})
+    assert "Node Unavailable" in s.registry.refused[16] and 16 not in s.registry.nodes
+    _, _, client_rows = s.aggregate_train(1, [])
+    assert client_rows == []
 
 
 def test_shares_and_draws_follow_the_node_name_not_the_node_id(local_strategy):
@@ -304,11 +305,12 @@ def test_shares_and_draws_follow_the_node_name_not_the_node_id(local_strategy):
     names = [f"site-{c}" for c in "abcdef"]
 
     def run(ids: list[int]) -> tuple[dict[str, str], list[list[str]]]:
-        s.nodes.clear()
+        s.registry.nodes.clear()
         for node, name in zip(ids, names):
-            s.greet(node, hello_reply(node, name), connected=set(ids))
-        shares = {s.nodes[n].name: s.share_for(s.nodes[n].key).hash for n in ids}
-        draws = [sorted(s.nodes[n].name for n in s._sample(sorted(ids), 0.5, rnd, 1))
+            s.registry.greet(node, hello_reply(node, name), connected=set(ids))
+        nodes = s.registry.nodes
+        shares = {nodes[n].name: s.share_for(nodes[n].key).hash for n in ids}
+        draws = [sorted(nodes[n].name for n in s._sample(sorted(ids), 0.5, rnd, 1))
                  for rnd in range(1, 6)]
         return shares, draws
 

@@ -9,7 +9,6 @@ BatchNorm gradients ~0.4% off fp64 at init (the plain path: 1e-6), hence its tol
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -18,9 +17,12 @@ import torch.nn.functional as F
 from common.attacks import pgd
 from common.data import to_float
 from common.models import build_model
-from common.training import FastPath, TrainSettings, train
+from common.training import FastPath, train
 
-SETTINGS = TrainSettings(lr=0.05, epochs=1, batch_size=32, steps=2, step=2.5 * 8 / 255 / 3)
+from .conftest import train_settings
+
+SETTINGS = train_settings(lr=0.05, epochs=1, batch_size=32, steps=2,
+                          step=2.5 * 8 / 255 / 3)
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from common import footprint
 from common.config import ConfigError, ExperimentConfig
-from common.models import build_model, count_parameters
+from common.models import build_model
 
 from .conftest import ROOT
 
@@ -20,8 +20,8 @@ from .conftest import ROOT
 @pytest.mark.parametrize("width, variant", [(8, "standard"), (64, "standard"),
                                             (16, "no-downsample")])
 def test_parameters_are_counted_exactly(width, variant):
-    assert footprint.parameters(width, variant) == count_parameters(build_model("relu", width,
-                                                                                variant))
+    model = build_model("relu", width, variant)
+    assert footprint.parameters(width, variant) == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("activation, variant", [("relu", "standard"), ("telu", "standard"),
@@ -46,7 +46,8 @@ MEASURE = """
 import json, sys, torch
 torch.set_num_threads(1)
 from common.models import build_model
-from common.training import TrainSettings, train
+from common.training import train
+from tests.conftest import train_settings
 
 def status(field):
     for line in open('/proc/self/status'):
@@ -58,7 +59,7 @@ torch.manual_seed(0)
 model = build_model('relu', width)
 x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
 y = torch.randint(0, 10, (batch,))
-settings = TrainSettings(lr=0.01, batch_size=batch, steps=1)  # clean + PGD + noise
+settings = train_settings(lr=0.01, batch_size=batch, steps=1)  # clean + PGD + noise
 train(model, x[:2], y[:2], settings, seed=0)  # load the kernels at a tiny batch
 base = status('VmRSS')
 open('/proc/self/clear_refs', 'w').write('5')  # restart the high-water mark here

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from common.activations import NAMES, TeLU, make_activation
-from common.models import build_model, count_parameters
+from common.models import build_model
 
 
 def test_eleven_activations_with_lower_case_names():
@@ -42,6 +42,10 @@ def test_telu_matches_definition_and_survives_large_inputs():
     y.sum().backward()
     assert torch.equal(y.detach(), big.detach())  # tanh(exp(x)) == 1 for large x
     assert torch.isfinite(big.grad).all()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def test_standard_width_has_the_resnet18_parameter_count():

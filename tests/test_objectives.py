@@ -21,11 +21,13 @@ from common.objectives import OverfitWatch, build, label_prior, overfitting
 from common.partition import split_for
 from common.training import FastPath, TrainSettings, train
 
+from .conftest import train_settings
 from .test_fast_path import host_syncs  # noqa: F401 (a fixture)
 from .toys import EPS, GREY, Decoy, TwoBasins, grey_uint8
 
-BASE = TrainSettings(lr=0.1, batch_size=8, momentum=0.0, weight_decay=0.0, label_smoothing=0.1,
-                     noise_std=0.0, eps=EPS, step=EPS / 2, steps=3, amp=False)
+BASE = train_settings(lr=0.1, batch_size=8, momentum=0.0, weight_decay=0.0,
+                      label_smoothing=0.1, noise_std=0.0, eps=EPS, step=EPS / 2, steps=3,
+                      amp=False)
 
 
 def settings(objective: str, **changes) -> TrainSettings:
@@ -114,8 +116,8 @@ def train_as_before(model, images, labels, s, seed):
 @pytest.mark.parametrize("changes", [{"weight_adv": 2.0},
                                      {"weight_clean": 0.0, "random_start": False}])
 def test_mixed_trains_bit_for_bit_as_before_objectives(cifar, changes):
-    s = TrainSettings(lr=0.05, batch_size=8, steps=2, label_smoothing=0.1, noise_std=0.05,
-                      momentum=0.9, weight_decay=2e-4, amp=False, **changes)
+    s = train_settings(lr=0.05, batch_size=8, steps=2, label_smoothing=0.1, noise_std=0.05,
+                       momentum=0.9, weight_decay=2e-4, amp=False, **changes)
     images, labels = cifar.train_x[:16], cifar.train_y[:16]
     models = []
     for run in (train, train_as_before):

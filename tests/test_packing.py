@@ -14,8 +14,8 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from client.faults import Fault
 from common import protocol
 from common.models import build_model
-from common.packing import Layout, pack, unpack
-from server.strategy import check_reply, packed_record
+from common.packing import Layout, pack, packed_record, unpack
+from server.replies import check_reply
 
 
 def trained_like_state(seed: int) -> dict[str, torch.Tensor]:

@@ -24,12 +24,14 @@ from client.faults import INFLATE_FACTOR, Fault
 from common import protocol, results
 from common.config import ConfigError, ExperimentConfig
 from common.models import build_model
-from common.packing import Layout, unpack
+from common.packing import Layout, packed_record, unpack
 from common.partition import split_for
+from common.run_folder import RunStore, RunStoreError
 from server.app import main as server_main
 from server.central import CentralEvaluator
-from common.run_folder import RunStore, RunStoreError
-from server.strategy import NodeInfo, check_reply, make_strategy, packed_record
+from server.nodes import NodeInfo
+from server.replies import check_reply
+from server.strategy import make_strategy
 from simulation.sweep import cell_state
 
 
@@ -154,7 +156,7 @@ def test_clients_are_drawn_by_partition_so_new_node_ids_draw_the_same_clients(
     ids = [101, 202, 303, 404, 505, 606]
 
     def drawn(holder_of: dict[int, int], rnd: int) -> list[int]:
-        strategy.nodes = {n: NodeInfo(p, len(ids), 100) for n, p in holder_of.items()}
+        strategy.registry.nodes = {n: NodeInfo(p, len(ids), 100) for n, p in holder_of.items()}
         picked = strategy._sample(sorted(holder_of), fraction, rnd, tag)
         return sorted(holder_of[n] for n in picked)
 
@@ -194,7 +196,7 @@ def test_a_reply_claiming_more_examples_than_its_node_holds_is_rejected(small_da
     assert share == 50
     held = {0: 300, 1: 200, 2: 250}  # partition sizes announced at hello
     node_of = {p: 1000 + p for p in held}
-    strategy.nodes = {node_of[p]: NodeInfo(p, 3, n) for p, n in held.items()}
+    strategy.registry.nodes = {node_of[p]: NodeInfo(p, 3, n) for p, n in held.items()}
     global_state = model_state(0)
     strategy._sent = train_messages(global_state, node_of)
     updates = {p: model_state(10 + p) for p in held}
@@ -205,9 +207,9 @@ def test_a_reply_claiming_more_examples_than_its_node_holds_is_rejected(small_da
     replies = [Message(train_reply_content(updates[p], p, claimed[p]), reply_to=sent)
                for p, sent in zip(held, strategy._sent)]
 
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, _, client_rows = strategy.aggregate_train(1, replies)
 
-    rows = {r["partition_id"]: r for r in strategy.client_rows}
+    rows = {r["partition_id"]: r for r in client_rows}
     assert [rows[p]["status"] for p in (0, 1)] == ["ok", "ok"]
     assert rows[liar]["status"] == "rejected"
     assert f"num-examples = {claimed[liar]}" in rows[liar]["reason"]
@@ -228,16 +230,16 @@ def test_a_reply_claiming_another_nodes_partition_is_rejected_and_rows_keep_the_
     strategy = strategy_for(small_data)
     held = {0: 300, 1: 200}
     node_of = {p: 2000 + p for p in held}
-    strategy.nodes = {node_of[p]: NodeInfo(p, 2, n) for p, n in held.items()}
+    strategy.registry.nodes = {node_of[p]: NodeInfo(p, 2, n) for p, n in held.items()}
     global_state = model_state(0)
     strategy._sent = train_messages(global_state, node_of)
     claims = {0: 0, 1: 0}  # node 1 pretends to hold partition 0
     replies = [Message(train_reply_content(model_state(10 + p), claims[p], held[p]),
                        reply_to=sent) for p, sent in zip(held, strategy._sent)]
 
-    strategy.aggregate_train(1, replies)
+    _, _, client_rows = strategy.aggregate_train(1, replies)
 
-    rows = {r["node_id"]: r for r in strategy.client_rows}
+    rows = {r["node_id"]: r for r in client_rows}
     honest, impostor = rows[str(node_of[0])], rows[str(node_of[1])]
     assert (honest["status"], honest["partition_id"]) == ("ok", 0)
     assert (impostor["status"], impostor["partition_id"]) == ("rejected", 1)

@@ -7,36 +7,37 @@ import torch
 import torch.nn.functional as F
 
 from common import schedules
+from common.data import NUM_CLASSES
 from common.evaluation import EvalSettings, evaluate, parse_attacks
 from common.models import build_model
-from common.training import FastPath, TrainSettings, soft_labels, train
+from common.training import FastPath, train
 
-
-def test_soft_labels_sum_to_one_with_the_stated_values():
-    y = torch.tensor([0, 3, 9])
-    t = soft_labels(y, alpha=0.05)
-    assert torch.allclose(t.sum(1), torch.ones(3))
-    assert torch.allclose(t[1, 3], torch.tensor(1 - 0.05 * 9 / 10))
-    assert torch.allclose(t[1, 0], torch.tensor(0.05 / 10))
-
-
-def test_soft_labels_equal_what_the_loss_uses():
-    logits, y = torch.randn(5, 10), torch.randint(0, 10, (5,))
-    by_hand = -(soft_labels(y, 0.05) * logits.log_softmax(1)).sum(1).mean()
-    assert torch.allclose(by_hand, F.cross_entropy(logits, y, label_smoothing=0.05))
+from .conftest import train_settings
 
 
 def test_part_weights_follow_the_config():
-    assert TrainSettings(lr=0.1).part_weights() == pytest.approx(
+    assert train_settings(lr=0.1).part_weights() == pytest.approx(
         {"clean": 1 / 3, "adv": 1 / 3, "noise": 1 / 3})
-    assert TrainSettings(lr=0.1, adversarial=False, noise_std=0).part_weights() == {"clean": 1}
-    assert TrainSettings(lr=0.1, weight_clean=0, weight_adv=3, weight_noise=1).part_weights() \
+    assert train_settings(lr=0.1, adversarial=False, noise_std=0).part_weights() == {"clean": 1}
+    assert train_settings(lr=0.1, weight_clean=0, weight_adv=3, weight_noise=1).part_weights() \
         == pytest.approx({"adv": 0.75, "noise": 0.25})
+
+
+def test_every_training_key_reaches_the_round_settings():
+    """The config is the one source of TrainSettings: each train.* and attack.* key is the
+    field of its name (train.local-epochs is epochs), filled per round by train_settings."""
+    from common.config import AttackConfig, TrainConfig
+    from common.training import TrainSettings
+
+    keys = {f.name for c in (TrainConfig, AttackConfig) for f in dataclasses.fields(c)}
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    assert keys - {"local_epochs"} <= fields
+    assert fields - keys == {"epochs", "progress_start", "progress_end"}
 
 
 def test_same_seed_same_first_epoch_loss(cifar):
     x, y = cifar.train_x[:256], cifar.train_y[:256]
-    settings = TrainSettings(lr=0.05, batch_size=64, steps=2)
+    settings = train_settings(lr=0.05, batch_size=64, steps=2)
 
     def once(seed):
         torch.manual_seed(0)
@@ -56,8 +57,8 @@ def test_training_lifts_accuracy_well_above_chance(trained_model, cifar):
 
 def test_lr_follows_the_schedule_over_the_call(cifar):
     seen = []
-    settings = TrainSettings(lr=0.1, schedule="cosine", progress_start=0.5, progress_end=1.0,
-                             batch_size=32, adversarial=False, noise_std=0)
+    settings = train_settings(lr=0.1, schedule="cosine", progress_start=0.5, progress_end=1.0,
+                              batch_size=32, adversarial=False, noise_std=0)
     model = build_model("relu", 8)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     original = optimizer.step
@@ -92,9 +93,9 @@ def test_unknown_schedule_is_refused():
 
 # What one training step feeds the model, observed through a forward hook on a real run:
 # PGD runs the model in eval mode, so the training-mode forwards are exactly the batches.
-ONE_STEP = TrainSettings(lr=0.1, batch_size=16, momentum=0.0, weight_decay=0.0,
-                         label_smoothing=0.2, noise_std=0.1, weight_clean=0.2, weight_adv=0.5,
-                         weight_noise=0.3, eps=8 / 255, step=2 / 255, steps=3, amp=False)
+ONE_STEP = train_settings(lr=0.1, batch_size=16, momentum=0.0, weight_decay=0.0,
+                          label_smoothing=0.2, noise_std=0.1, weight_clean=0.2, weight_adv=0.5,
+                          weight_noise=0.3, eps=8 / 255, step=2 / 255, steps=3, amp=False)
 
 
 def _training_forwards(model):
@@ -167,7 +168,7 @@ def test_one_step_descends_the_weighted_soft_label_loss_of_that_batch(one_step):
     model = copy.deepcopy(s.before).train()
     logits = model(s.batch)
     assert torch.allclose(logits, s.logits, atol=1e-5)
-    alpha, n = ONE_STEP.label_smoothing, 10
+    alpha, n = ONE_STEP.label_smoothing, NUM_CLASSES
     targets = F.one_hot(s.y, n).float() * (1 - alpha) + alpha / n
     parts = [-(targets * part.log_softmax(1)).sum(1).mean() for part in logits.view(3, 16, n)]
     weights = (0.2, 0.5, 0.3)  # clean, adv, noise: already normalized
@@ -204,8 +205,8 @@ def test_a_part_enters_the_batch_exactly_when_it_has_weight(cifar, changes, part
 
 def test_pgd_copies_cost_a_trained_model_more_than_clean_and_noisy_ones(trained_model, cifar):
     model = copy.deepcopy(trained_model)
-    settings = TrainSettings(lr=0.0, batch_size=64, steps=3, step=2.5 * 8 / 255 / 3,
-                             noise_std=0.05, amp=False)
+    settings = train_settings(lr=0.0, batch_size=64, steps=3, step=2.5 * 8 / 255 / 3,
+                              noise_std=0.05, amp=False)
     stats = train(model, cifar.train_x[:128], cifar.train_y[:128], settings, seed=0)
     assert stats.adv_loss > stats.clean_loss + 0.1, stats
     assert stats.adv_loss > stats.noise_loss + 0.1, stats
