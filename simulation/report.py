@@ -298,8 +298,9 @@ def claims_section(table: pd.DataFrame) -> list[str]:
     return lines + [
         "Each line compares two cells under one measure (`strongest`: the strongest attack "
         "of the final evaluation); `difference` = the claimed higher cell minus the other, in "
-        "points, with its 95% interval (paired over the seeds both cells ran; with one seed, "
-        "Newcombe's interval from the two Wilson intervals). **reproduced**: the interval "
+        "points, with its 95% interval (paired over the seeds both cells ran, widened by "
+        "Newcombe's interval of the two means over the test images; with one seed, "
+        "Newcombe's interval alone). **reproduced**: the interval "
         "lies above 0; **contradicted**: below 0; **inconclusive**: it holds 0.", "",
         markdown_table(claims), ""]
 
