@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from common.config import ExperimentConfig
-from common.data import DataError, load_cifar10
+from common.data import NUM_CLASSES, DataError, load_cifar10
 from common.evaluation import EvalSettings, parse_attacks
-from common.partition import NUM_CLASSES, in_run_eval_size, split_for
+from common.partition import in_run_eval_size, split_for
 
 from . import gpu_measure as measure
 from .fixtures import DEFAULT_OUT, batch_of, preset_config

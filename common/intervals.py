@@ -196,8 +196,9 @@ def _missing(v) -> bool:
 
 
 def format_interval(iv: Interval, scale: float = 100.0, digits: int = 1) -> str:
-    """A table cell: "31.0 ± 2.1" for a symmetric interval (over seeds), "31.0 [28.2, 34.1]" for a Wilson
-    or Newcombe interval (asymmetric near 0 and 1), the bare value when there is none."""
+    """A table cell: "31.0 ± 2.1" for a symmetric interval (over seeds), "31.0 [28.2, 34.1]"
+    for a Wilson or Newcombe interval (asymmetric near 0 and 1), the bare value when there is
+    none."""
     v = f"{scale * iv.estimate:.{digits}f}"
     if iv.kind == "none" or math.isnan(iv.low):
         return v
