@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import protocol
+from common import autoattack, protocol
 from common.attacks import GaussianNoise, eval_mode, pgd
 from common.config import ExperimentConfig
 from common.data import to_float
@@ -172,11 +172,31 @@ def eval_attacks(rig: Rig) -> dict:
                   "seconds": seconds[name]}
            for name, (spec, _, _, passes) in runs.items()}
     out["eot_pgd"]["samples"] = e.eot_samples
-    out["autoattack"] = {"status": "skipped", "reason": "AutoAttack is absent: it has not "
-                         "landed in common/ (common.evaluation has no autoattack spec)"}
+    out["apgd_ce"] = _apgd_ce(model, x, e.eps, rig)
     if cuda:
         out["peak_allocated_gib"] = (torch.cuda.max_memory_allocated() - base) / GIB
     return out
+
+
+def _apgd_ce(model: torch.nn.Module, x: torch.Tensor, eps: float, rig: Rig) -> dict:
+    """AutoAttack's first stage through pyautoattack, as common.evaluation runs it. APGD
+    attacks only the images the model gets right, so the labels are the model's own
+    predictions: every image of the batch is attacked for all of APGD's steps."""
+    try:
+        import pyautoattack  # noqa: F401  (an optional package on a bare GPU machine)
+    except ImportError as exc:
+        return {"status": "skipped", "reason": f"pyautoattack is not installed: {exc}"}
+    with eval_mode(model), torch.no_grad():
+        y = model(x).argmax(1)
+    with eval_mode(model):
+        seconds = interleaved({"apgd_ce": lambda: autoattack.run(
+            model, x, y, "apgd-ce", eps=eps, seed=0, randomized=False)},
+            reps=min(rig.reps, 2), warmup=1 if rig.warmup else 0, device=x.device)["apgd_ce"]
+    steps = 100  # AutoAttack's standard APGD-CE: one run of 100 steps
+    return {"status": "ok", "batch": x.shape[0], "gradient_passes": steps,
+            "images_per_s": x.shape[0] / median(seconds),
+            "us_per_image_pass": 1e6 * median(seconds) / (x.shape[0] * steps),
+            "seconds": seconds}
 
 
 def peak_memory(rig: Rig) -> dict:

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from bench import gpu
+from bench import gpu, gpu_clients
 from bench.fixtures import preset_config
 
 from .conftest import DATA_DIR, ROOT
@@ -68,8 +68,8 @@ def test_dry_run_records_every_figure(dry_run):
     for name in CUDA_ONLY:
         assert m[name]["status"] == "skipped", (name, m[name])
         assert m[name]["reason"].startswith("not applicable on cpu: "), m[name]
-    assert m["eval_attacks"]["autoattack"]["status"] == "skipped"
-    assert "absent" in m["eval_attacks"]["autoattack"]["reason"]
+    apgd = m["eval_attacks"]["apgd_ce"]  # pyautoattack is a test dependency
+    assert apgd["status"] == "ok" and apgd["images_per_s"] > 0 and apgd["gradient_passes"] == 100
     assert m["train_step_compiled"]["backend"] == "eager"
     assert m["efficiency"]["cpu_reference"] == 0.969
 
@@ -150,3 +150,26 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
         assert gpu.main(["--out", str(tmp_path / "c")]) == 2
         assert "--dry-run" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_clients_side_by_side_rehearsed_on_the_cpu(tmp_path, capsys):
+    """bench.gpu_clients' dry run: two real client processes train side by side; the row
+    holds the aggregate and the slowest client's rate; bad arguments are refused before any
+    work."""
+    out = tmp_path / "clients"
+    assert gpu_clients.main(["--dry-run", "--out", str(out), "--clients", "2", "--warmup", "0",
+                             "--steps", "1"]) == 0
+    report = json.loads((out / "gpu_clients.json").read_text())
+    assert [r["clients"] for r in report["results"]] == [2]
+    for row in report["results"]:
+        assert row["status"] == "ok", row
+        assert row["images_per_s"] >= row["per_client_images_per_s"] > 0
+    assert report["results"][0]["speedup"] == 1.0
+    assert "| 2 |" in (out / "gpu_clients.md").read_text()
+    capsys.readouterr()
+    assert gpu_clients.main(["--dry-run", "--out", str(out)]) == 2  # never overwritten
+    assert "earlier run" in capsys.readouterr().err
+    for bad in (["--clients", "0,2"], ["--clients", "two"], ["--steps", "0"]):
+        assert gpu_clients.main(["--dry-run", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert "--" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
