@@ -58,6 +58,8 @@ from torch import nn
 from .attacks import eval_mode, pgd
 
 if TYPE_CHECKING:  # training imports this module
+    import pandas as pd
+
     from .training import TrainSettings
 
 NAMES = ("mixed", "trades", "mart", "fgsm-rs", "calfat")
@@ -337,6 +339,16 @@ class OverfitWatch:
 
     def warning(self) -> str:
         return self.last
+
+    def resume(self, rounds: pd.DataFrame, start_round: int) -> None:
+        """Take the last check before start_round from rounds.csv, so that a resumed run
+        still sees a fall across the interruption."""
+        column = "co_check_pgd10_acc"
+        if column not in rounds.columns:
+            return
+        before = rounds[(rounds["round"] < start_round) & rounds[column].notna()]
+        if not before.empty:
+            self.previous = float(before.sort_values("round")[column].iloc[-1])
 
 
 def _percent(value: float | None) -> str:

@@ -64,6 +64,8 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
         recover_last_row(cfg, store, strategy, evaluator, arrays)
     started = time.perf_counter()
     watch = OverfitWatch.for_run(cfg, evaluator.images, evaluator.labels)  # fgsm-rs only
+    if watch is not None:
+        watch.resume(store.rounds(), start_round)
     for rnd in range(start_round, cfg.fl.num_rounds + 1):
         t0 = time.perf_counter()
         try:

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -355,6 +356,20 @@ def test_the_watch_flags_a_model_fgsm_cannot_break_but_pgd_can(model, flagged):
     assert row["co_check_pgd10_acc"] == (pytest.approx(0.5, abs=0.1) if flagged else 1.0)
     assert watch.previous == row["co_check_pgd10_acc"]
     assert OverfitWatch.for_run(ExperimentConfig(), grey_uint8(8), torch.zeros(8)) is None
+
+
+def test_a_resumed_watch_takes_the_last_check_from_rounds_csv():
+    """A fall across an interruption is still seen: the previous check comes from the rounds
+    before the resumed one (a round without a check, or at or after it, does not count)."""
+    cfg = ExperimentConfig.from_flat({"train.objective": "fgsm-rs"})
+    watch = OverfitWatch.for_run(cfg, grey_uint8(8), torch.zeros(8, dtype=torch.long))
+    rounds = pd.DataFrame({"round": [3, 1, 2, 4], "co_check_pgd10_acc": [0.41, 0.3, None, 0.9]})
+    watch.resume(rounds, start_round=4)
+    assert watch.previous == 0.41
+    assert overfitting(0.15, 0.2, watch.previous)  # fell 26 points across the restart
+    fresh = OverfitWatch.for_run(cfg, grey_uint8(8), torch.zeros(8, dtype=torch.long))
+    fresh.resume(pd.DataFrame(), start_round=1)  # no round yet: nothing to take
+    assert fresh.previous is None
 
 
 # --- config, protocol, study ---------------------------------------------------------------
