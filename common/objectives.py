@@ -299,8 +299,8 @@ class OverfitWatch:
     --early-stop of train_fgsm.py, there on one training minibatch per epoch) flags a
     fall of PGD accuracy by more than 20 points since the previous check; a collapsed model
     also stands out within one check, its PGD accuracy more than 20 points below its FGSM
-    accuracy (healthy adversarial training keeps the two within a few points), which also
-    covers the first round after a resume, when no previous check is in memory.
+    accuracy (healthy adversarial training keeps the two within a few points). A resumed
+    run takes its previous check from rounds.csv (`resume`).
     """
 
     images: torch.Tensor  # uint8, on the model's device
