@@ -20,8 +20,8 @@ IMAGES = 1000
 def runs(cell: str, seeds: dict[int, dict], **config) -> list[dict]:
     """One finished row per seed: config columns plus that seed's accuracies."""
     base = {"cell": cell, "status": "finished", "adversarial": True, "activation": "relu",
-            "schedule": "fixed", "partition": "iid", "share": 0.0, "eval_examples": IMAGES,
-            **config}
+            "schedule": "fixed", "partition": "iid", "share": 0.0, "objective": "mixed",
+            "eval_examples": IMAGES, **config}
     return [{**base, "seed": s, **acc} for s, acc in seeds.items()]
 
 
@@ -107,6 +107,20 @@ def test_a_claim_needs_exactly_one_expected_cell():
     assert evaluate_claims(table(relu, no_at, twin)).empty  # two AT ReLU cells: ambiguous
     assert evaluate_claims(table(no_at)).empty  # no claimed cell at all
     assert "No pair of this sweep's cells" in "\n".join(claims_section(table(no_at)))
+
+
+def test_the_sharing_claim_compares_the_paper_recipe_with_itself():
+    """In the objectives study, 'sharing recovers robustness' is mixed + 40% against mixed
+    without sharing, never against another objective's cell; the CalFAT claim takes that."""
+    shared = runs("mixed-0.4", {0: acc(0.30, 0.20, 0.14)}, partition="classes", share=0.4)
+    alone = runs("mixed-0.0", {0: acc(0.28, 0.18, 0.10)}, partition="classes")
+    calfat = runs("calfat-0.0", {0: acc(0.29, 0.19, 0.11)}, partition="classes",
+                  objective="calfat")
+    rows = evaluate_claims(table(shared, alone, calfat))
+    compared = rows.groupby("claim")["compared with"].agg(set).to_dict()
+    assert compared == {"Sharing 40% of G recovers robustness (classes)": {"mixed-0.0"},
+                        "The paper's recipe with 40% sharing beats CalFAT without sharing "
+                        "(classes)": {"calfat-0.0"}}
 
 
 def test_every_declared_claim_can_be_matched():
