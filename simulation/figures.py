@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import accuracy_columns
+from .tables import BOUNDS, accuracy_columns
 
 
 def pyplot():
@@ -35,31 +35,52 @@ def robust_columns(done: pd.DataFrame) -> list[str]:
                                       if c.endswith("_acc") and not c.startswith("natural")][:1]
 
 
+def _error(part: pd.DataFrame, column: str):
+    """The 100x half-widths below and above each estimate, or None without bounds."""
+    low, high = column + BOUNDS[0], column + BOUNDS[1]
+    if not {low, high} <= set(part.columns) or part[[low, high]].isna().all(axis=None):
+        return None
+    return [100 * (part[column] - part[low]).fillna(0), 100 * (part[high] - part[column]).fillna(0)]
+
+
 def natural_vs_robust_by_activation(done: pd.DataFrame, per_round: pd.DataFrame,
                                     folder: Path, always: bool = False) -> Path | None:
     """Natural against robust accuracy, one panel per learning-rate schedule: drawn for the
-    activation study (always) and for any grid over activations (a reduced one)."""
+    activation study (always) and for any grid over activations (a reduced one). Robust: the
+    paper's protocol and the strongest evaluation (the union of the attacks, `worst_acc`,
+    else PGD-20), each with its 95% interval where the report has one (several seeds)."""
     robust = robust_columns(done)
     if not (robust and "activation" in done.columns
             and (always or done["activation"].nunique() > 1)):
         return None
+    strongest = next((c for c in ("worst_acc", "pgd20_acc") if c in done.columns), None)
+    measures = [(robust[0], "o", "the paper's protocol (FGSM + noise)"
+                 if robust[0] == "fgsm_noise_acc" else robust[0])]
+    if strongest and strongest != robust[0]:
+        measures.append((strongest, "s", "every attack at once (worst case)"
+                         if strongest == "worst_acc" else strongest))
     plt = pyplot()
     schedules = sorted(done["schedule"].dropna().unique())
     fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5),
                              squeeze=False, sharey=True)
+    colours = {a: f"C{i}" for i, a in enumerate(sorted(done["activation"].dropna().unique()))}
     for ax, schedule in zip(axes[0], schedules):
         part = done[(done["schedule"] == schedule) & (done["adversarial"] == True)]  # noqa: E712
-        ax.scatter(100 * part["natural_acc"], 100 * part[robust[0]], label=robust[0])
-        if "pgd20_acc" in part:
-            ax.scatter(100 * part["natural_acc"], 100 * part["pgd20_acc"], marker="x",
-                       label="pgd20_acc")
+        for column, marker, label in measures:
+            for activation, row in part.groupby("activation"):
+                ax.errorbar(100 * row["natural_acc"], 100 * row[column],
+                            xerr=_error(row, "natural_acc"), yerr=_error(row, column),
+                            fmt=marker, color=colours[activation], capsize=3, alpha=0.9)
+            ax.plot([], [], marker, color="grey", label=label)
         for _, r in part.iterrows():
-            ax.annotate(r["activation"], (100 * r["natural_acc"], 100 * r[robust[0]]),
-                        fontsize=8, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(r["activation"], (100 * r["natural_acc"], 100 * r[measures[0][0]]),
+                        fontsize=8, xytext=(4, 4), textcoords="offset points")
         ax.set(title=f"{schedule} learning rate", xlabel="natural accuracy (%)",
                ylabel="robust accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if any(_error(done, c) is not None for c, _, _ in measures):
+        fig.suptitle("mean over seeds, bars: 95% interval", fontsize=9)
     return save(fig, folder, "natural_vs_robust_by_activation.png")
 
 

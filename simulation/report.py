@@ -33,7 +33,8 @@ from .diagnostics import FLAG_NOTE, accuracy_vs_eps_figure, diagnosed_rows, repo
 from .figures import accuracy_per_round
 from .final_eval import FinalEval, evaluated_rows
 from .studies import Cell, Study
-from .tables import accuracy_columns, estimates, finished, present, strong_attack_columns
+from .tables import (accuracy_columns, estimates, estimates_with_bounds, finished, present,
+                     strong_attack_columns)
 
 # The paper's headline number is FGSM through test-time noise; every other L-inf attack of
 # the final evaluation (PGD, PGD with restarts, C&W, EOT-PGD) competes for "strongest".
@@ -352,7 +353,7 @@ def write_report(study: Study, outcomes: list[CellRun | tuple], folder: Path,
     results.write_parquet(out / "results.parquet", table)
     if not per_round.empty:
         results.write_csv(out / ROUNDS_CSV, per_round)  # the runs' rows, with cell and seed
-    pictures = figures(study, estimates(summary), per_round, out)
+    pictures = figures(study, estimates_with_bounds(summary), per_round, out)
     limit = "each run's data.eval-limit" if final.eval_limit is None else \
         (f"{final.eval_limit}" if final.eval_limit else "all")
     lines = [f"# {study.name} study: {folder.name}", "",

@@ -33,3 +33,19 @@ def present(table: pd.DataFrame, columns: list[str]) -> list[str]:
 def estimates(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with each Interval replaced by its estimate (the mean over seeds)."""
     return summary.map(lambda v: v.estimate if isinstance(v, Interval) else v)
+
+
+BOUNDS = ("_low", "_high")  # suffixes of an estimate's interval bounds (estimates_with_bounds)
+
+
+def estimates_with_bounds(summary: pd.DataFrame) -> pd.DataFrame:
+    """estimates(), plus `<column>_low` and `<column>_high` for every column that holds
+    intervals: what the figures draw as error bars."""
+    out = estimates(summary)
+    for column in summary.columns:
+        values = summary[column]
+        if values.map(lambda v: isinstance(v, Interval)).any():
+            for suffix, bound in zip(BOUNDS, ("low", "high")):
+                out[column + suffix] = values.map(
+                    lambda v, b=bound: getattr(v, b) if isinstance(v, Interval) else float("nan"))
+    return out

@@ -13,6 +13,7 @@ from simulation.claims import CLAIMS, evaluate_claims
 from simulation.report import (add_strongest, claims_section, estimates, figures,
                                markdown_table, overstatement_text, study_tables, summarize)
 from simulation.studies import STUDIES
+from simulation.tables import estimates_with_bounds
 
 IMAGES = 1000
 
@@ -171,3 +172,15 @@ def test_figures_are_drawn_from_the_means_over_seeds(tmp_path):
     made = figures(STUDIES["activation"], summary, pd.DataFrame(), tmp_path)
     assert [p.name for p in made] == ["natural_vs_robust_by_activation.png"]
     assert made[0].stat().st_size > 10_000
+
+
+def test_figures_get_each_mean_with_its_interval_bounds(tmp_path):
+    summary = summarize(three_seeds())
+    bounded = estimates_with_bounds(summary)
+    for column in ("natural_acc", "fgsm_noise_acc"):
+        for i, interval in enumerate(summary[column]):
+            assert bounded[f"{column}_low"].iloc[i] == interval.low < interval.estimate
+            assert bounded[f"{column}_high"].iloc[i] == interval.high > interval.estimate
+    assert "cell_low" not in bounded  # only columns that hold intervals get bounds
+    made = figures(STUDIES["activation"], bounded, pd.DataFrame(), tmp_path)
+    assert [p.name for p in made] == ["natural_vs_robust_by_activation.png"]
