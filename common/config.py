@@ -140,6 +140,7 @@ def key(check: Check | None = None, help: str = "", identity: bool = True, **kw)
 
 
 EPS_8 = 8 / 255
+SHARING_MODES = ("none", "raw", "means", "server")
 
 # --- sections ------------------------------------------------------------------------------
 
@@ -302,6 +303,26 @@ class FLConfig:
                              "held back from the clients (0 = no pool)", default=0.0)
     shared_share: float = key(in_range(0.0, 1.0), "alpha: fraction of G each client "
                               "receives (> 0 needs fl.shared-pool > 0)", default=0.0)
+    sharing: str = key(one_of(*SHARING_MODES), "what helps non-IID clients: none, raw (each "
+                       "client receives its fl.shared-share of G), means (FedMix's NaiveMix: "
+                       "clients share averages of fl.means-size images, never an image), "
+                       "server (G stays on the server, which fine-tunes after aggregation)",
+                       default="raw")
+    # FedMix's NaiveMix on CIFAR-10 (Yoon et al., ICLR 2021; Flower's fedmix baseline lists the
+    # paper's settings): each client averages all of its local data, mixup ratio 0.1.
+    means_size: int = key(between(0, CIFAR_TRAIN, f"no client holds more than CIFAR-10's "
+                                  f"{CIFAR_TRAIN:,} training images"),
+                          "means: images per average a client sends (0 = all of its images: "
+                          "one average, FedMix's CIFAR-10 setting)", default=0)
+    mix_weight: float = key(in_range(0.0, 1.0, hi_open=True),
+                            "means: mixup weight lambda of the pooled averages, x' = (1-lambda)"
+                            " x + lambda x_bar (FedMix's NaiveMix on CIFAR-10: 0.1)",
+                            default=0.1)
+    server_steps: int = key(between(1, MAX_STEPS, "every step is an adversarial-training "
+                                    "step of train.batch-size images on the server, in every "
+                                    "round"),
+                            "server: steps of adversarial fine-tuning on G after each "
+                            "aggregation (train.batch-size images each)", default=10)
     min_nodes: int = key(between(1, MAX_NODES, f"{MAX_NODES:,} clients would hold 5 of "
                                  f"CIFAR-10's {CIFAR_TRAIN:,} training images each"),
                          "nodes needed before a round starts", default=2)
@@ -402,6 +423,7 @@ class ExperimentConfig:
                 "train.weight-adv > 0, the noise term train.noise-std > 0 and "
                 "train.weight-noise > 0; enable one of them"
             )
+        self._check_sharing()
         if self.fl.shared_share > 0 and self.fl.shared_pool == 0:
             raise ConfigError(
                 f"invalid run config: fl.shared-share={self.fl.shared_share} shares a part of "
@@ -419,6 +441,29 @@ class ExperimentConfig:
         if self.resume and self.resume_from:
             raise ConfigError("invalid run config: set either resume=true or resume-from, "
                               "not both")
+
+    def _check_sharing(self) -> None:
+        """What does not combine with fl.sharing (see common.means, server.finetune)."""
+        fl, mode = self.fl, f"fl.sharing={self.fl.sharing}"
+        if fl.sharing != "raw" and fl.shared_share > 0:
+            raise ConfigError(
+                f"invalid run config: fl.shared-share={fl.shared_share} sends each client raw "
+                f"images of G, which only fl.sharing=raw does; {mode} sends "
+                + {"none": "nothing", "means": "only averages of client images",
+                   "server": "no image (G stays on the server)"}[fl.sharing]
+                + ". Set fl.shared-share=0 (G is still held back from the clients when "
+                "fl.shared-pool > 0), or fl.sharing=raw")
+        if fl.sharing == "server" and fl.shared_pool == 0:
+            raise ConfigError(
+                "invalid run config: fl.sharing=server fine-tunes the global model on the "
+                "shared pool G, but fl.shared-pool=0 makes no pool; set fl.shared-pool > 0 "
+                "(e.g. 0.1: 10% of the training data, held back from the clients)")
+        if fl.sharing == "means" and self.train.objective != "mixed":
+            raise ConfigError(
+                f"invalid run config: fl.sharing=means trains on mixup targets, soft labels "
+                f"that only train.objective=mixed (soft-label cross-entropy on every copy) "
+                f"learns from; train.objective={self.train.objective} needs the hard label of "
+                "each image. Set train.objective=mixed, or another fl.sharing")
 
     def _check_objective(self) -> None:
         """What does not combine with an objective other than mixed (common.objectives)."""

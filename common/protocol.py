@@ -21,8 +21,13 @@ from .training import TrainSettings, TrainStats
 # Record keys inside a Message's RecordDict.
 ARRAYS = "arrays"  # the global model (server -> client) or the update (client -> server)
 CONFIG = "config"  # the round's settings (server -> client)
-SHARE = "share"  # the client's share of the shared pool G: {SHARE_X: uint8, SHARE_Y: int64}
+SHARE = "share"  # the client's share of the shared pool G: {SHARE_X: uint8, SHARE_Y: int64};
+# with fl.sharing=means the pool of every client's averages instead: {SHARE_X: float32
+# (k, 3, 32, 32), SHARE_Y: float32 (k, 10) averaged one-hot labels} (common.means)
 SHARE_X, SHARE_Y = "x", "y"
+# The hello reply's ArrayRecord with fl.sharing=means: the node's own averages, keys SHARE_X and
+# SHARE_Y as above; the only data a client ever sends.
+MEANS = "means"
 METRICS = "metrics"  # the client's reply metrics
 # The hello reply's ConfigRecord: NODE_NAME (fl.client-data=local) and, when the node cannot
 # take part (its node config or data is broken), PROBLEM: why, naming the node and the file.
@@ -33,6 +38,7 @@ PROBLEM = "problem"
 HELLO_QUERY = "hello"  # server asks a new node who it is; the node checks its data
 HELLO = f"query.{HELLO_QUERY}"  # its message type
 SHARE_HASH = "share-hash"  # content hash of the share the client must use this round
+NO_SHARE = ""  # SHARE_HASH of fl.sharing=none and server: the message carries no data at all
 SERVER_ROUND = "server-round"
 
 # The node's own state (Context.state), kept between rounds: its share (SHARE) and a
@@ -96,6 +102,12 @@ def client_seed(seed: int, server_round: int, key: int) -> int:
     runs train identically."""
     return int(np.random.SeedSequence([seed, 101, server_round, key])
                .generate_state(1)[0])
+
+
+def server_seed(seed: int, server_round: int) -> int:
+    """The seed of the server's fine-tuning on G after round `server_round` (fl.sharing=
+    server): a resumed run fine-tunes exactly as the first attempt did."""
+    return int(np.random.SeedSequence([seed, 104, server_round]).generate_state(1)[0])
 
 
 def eval_seed(seed: int, server_round: int) -> int:

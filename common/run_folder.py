@@ -3,7 +3,8 @@ refuse.
 
 <out.dir>/<run-name>/
   config.json    the full run config, its identity hash and the software versions
-  rounds.csv     one row per round: accuracies under every attack, losses, timings, counts
+  rounds.csv     one row per round: accuracies under every attack, losses, timings, counts,
+                 bytes sent each way (TRAFFIC_COLUMNS)
   clients.csv    one row per client per round: status (ok/failed/rejected/timeout), reason,
                  examples, losses, whether the shared-pool share was sent
   checkpoint.pt  the global model after the last finished round (+ round, config identity),
@@ -49,6 +50,15 @@ STATUS_JSON = "status.json"
 FINAL_EVAL_CSV = "final_eval.csv"
 DIAGNOSTICS_CSV = "diagnostics.csv"
 SIMULATION_LOG = "simulation.log"
+
+# rounds.csv's traffic of a round, in bytes (server.strategy counts them): the model sent to
+# the clients and their updates, and the data that travelled besides (fl.sharing: raw images
+# of G down; the pool of averages down and each client's averages up; nothing otherwise).
+BYTES_DOWN_MODEL = "bytes_down_model"
+BYTES_DOWN_DATA = "bytes_down_data"
+BYTES_UP_MODEL = "bytes_up_model"
+BYTES_UP_DATA = "bytes_up_data"
+TRAFFIC_COLUMNS = (BYTES_DOWN_MODEL, BYTES_DOWN_DATA, BYTES_UP_MODEL, BYTES_UP_DATA)
 
 
 class RunStoreError(ValueError):

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import objectives, schedules
 from .data import NUM_CLASSES, augment
+from .means import MeansMix
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,15 @@ def train(
     seed: int,
     optimizer: torch.optim.Optimizer | None = None,
     fast: FastPath | None = None,
+    mix: MeansMix | None = None,
 ) -> TrainStats:
     """Train `model` for settings.epochs over (images uint8 NCHW, labels) in place.
 
     images/labels must already be on the model's device. The learning rate follows the
     schedule from progress_start to progress_end over the steps of this call. `fast`
-    defaults to FastPath.for_device(images.device, settings.amp).
+    defaults to FastPath.for_device(images.device, settings.amp). `mix` (fl.sharing=means)
+    mixes every batch with pooled averages before the objective makes its copies, and mixes
+    its loss terms with the averages' labels (common.means).
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 (N,3,32,32), got {images.dtype}")
@@ -172,8 +176,11 @@ def train(
         order = torch.randperm(n, device=device, generator=gen)
         for first in range(0, n, batch):
             idx = order[first : first + batch]
-            x = fast.layout(augment(images[idx], gen))
+            x = augment(images[idx], gen)
             y = labels[idx]
+            if mix is not None:
+                x, y_bar = mix.mix(x, gen)
+            x = fast.layout(x)
             lr = schedules.lr_at(
                 settings.schedule, settings.lr,
                 settings.progress_start + span * step_index / total_steps,
@@ -183,6 +190,8 @@ def train(
             with fast.context(device):
                 logits = model(torch.cat(objective.copies(model, x, y, gen))).float()
             part_means = objective.terms(logits, y)
+            if mix is not None:
+                part_means = mix.terms(part_means, logits, y_bar)
             loss = (part_means * w).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -25,6 +25,7 @@ from common.partition import shared_plan
 from common.run_folder import RunStore
 
 from .central import CentralEvaluator
+from .finetune import server_finetune
 from .rounds import RunStopped, run_rounds
 from .strategy import make_strategy
 
@@ -48,10 +49,11 @@ def main(grid: Grid, context: Context) -> None:
         model = model_from_config(cfg)
         strategy = make_strategy(cfg, data.train_x.numpy(), data.train_y.numpy(), plan,
                                  Layout.of(model.state_dict()))
-        log(INFO, "Aggregation: %s; shared pool G: %d images, %d per client share",
-            strategy.name, plan.shared.size,
-            int(round(cfg.fl.shared_share * plan.shared.size)))
+        log(INFO, "Aggregation: %s; shared pool G: %d images, %d per client share; "
+            "sharing: %s", strategy.name, plan.shared.size,
+            int(round(cfg.fl.shared_share * plan.shared.size)), cfg.fl.sharing)
         evaluator = CentralEvaluator(cfg, data, device())
+        finetune = server_finetune(cfg, data.train_x, data.train_y, plan, device())
         if resume:
             start_round, state = resume.next_round, resume.state_dict
             if start_round > cfg.fl.num_rounds:
@@ -63,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
             start_round, state = 1, model.state_dict()
         store.set_status("running", start_round - 1)
         arrays = run_rounds(grid, cfg, store, strategy, evaluator, start_round,
-                            strategy.to_arrays(state))
+                            strategy.to_arrays(state), finetune)
         store.save_final(strategy.to_state(arrays))
         store.set_status("finished", cfg.fl.num_rounds)
         log(INFO, "Run finished: results in %s", store.root)

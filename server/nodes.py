@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -22,6 +23,8 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.client_key import name_problem, of_name
 from common.config import ExperimentConfig
+from common.data import NUM_CLASSES
+from common.means import group_count
 
 from .messaging import connected_nodes, exchange, wait_until
 
@@ -37,6 +40,7 @@ class NodeInfo:
     num_examples: int  # its own images, as announced at hello (without its share of G)
     share_hash: str = ""  # the share this node is known to hold ("" = none yet)
     name: str = ""  # its node-name (fl.client-data=local)
+    means: tuple[np.ndarray, np.ndarray] | None = None  # its averages (fl.sharing=means)
 
     @property
     def label(self) -> str:
@@ -56,6 +60,7 @@ class NodeRegistry:
         self._waiting: dict[int, NodeInfo] = {}
         self._refusal_rows: list[dict[str, Any]] = []  # for the next round's clients.csv
         self._num_partitions: int | None = None
+        self._data_bytes_received = 0  # client data (averages) since the last take
 
     def names(self, info: NodeInfo | None) -> dict[str, Any]:
         """The clients.csv columns that say which client a row is about."""
@@ -67,6 +72,12 @@ class NodeRegistry:
         """The refusals since the last call, as clients.csv rows (without the round)."""
         rows, self._refusal_rows = self._refusal_rows, []
         return rows
+
+    def take_data_bytes_received(self) -> int:
+        """Bytes of client data (fl.sharing=means: the averages of hello replies) received
+        since the last call."""
+        received, self._data_bytes_received = self._data_bytes_received, 0
+        return received
 
     def introduce(self, grid: Grid, node_ids: list[int]) -> None:
         """Ask new nodes who they are; admit or refuse each (see greet). The replies are
@@ -104,6 +115,11 @@ class NodeRegistry:
             return
         info = NodeInfo(int(m[protocol.CLIENT_KEY]), int(m[protocol.NUM_PARTITIONS]),
                         int(m[protocol.NUM_EXAMPLES]), name=name if self.local else "")
+        if self.cfg.fl.sharing == "means":
+            problem = self._take_means(reply, info)
+            if problem:
+                self._refuse(node, problem, info)
+                return
         if self.local:
             problem = name_problem(name)
             if problem:
@@ -137,6 +153,28 @@ class NodeRegistry:
         self.nodes[node] = info
         log(INFO, "Node %d holds %s%s (%d images)", node, info.label,
             "" if self.local else f"/{info.num_partitions}", info.num_examples)
+
+    def _take_means(self, reply: Message, info: NodeInfo) -> str | None:
+        """Keep the averages of a hello reply in `info` (fl.sharing=means), or say why they
+        cannot be used: missing, or not the averages fl.means-size makes of the images the
+        node announced (common.means)."""
+        if protocol.MEANS not in reply.content:
+            return ("the hello reply carries no averages, which fl.sharing=means needs; is "
+                    "every node running this RobustFL version?")
+        record = reply.content[protocol.MEANS]
+        x, y = record[protocol.SHARE_X].numpy(), record[protocol.SHARE_Y].numpy()
+        count = group_count(info.num_examples, self.cfg.fl.means_size)
+        if x.shape != (count, 3, 32, 32) or y.shape != (count, NUM_CLASSES) \
+                or x.dtype != np.float32 or y.dtype != np.float32:
+            return (f"the hello reply's averages have shapes {x.shape} {x.dtype} and {y.shape} "
+                    f"{y.dtype}; fl.means-size={self.cfg.fl.means_size} of "
+                    f"{info.num_examples} images makes ({count}, 3, 32, 32) and "
+                    f"({count}, {NUM_CLASSES}) float32")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            return "the hello reply's averages hold non-finite values"
+        self._data_bytes_received += x.nbytes + y.nbytes
+        info.means = (x, y)
+        return None
 
     def _holder(self, name: str, connected: set[int], besides: int) -> int | None:
         """The connected, admitted node that has node-name `name`, if any."""

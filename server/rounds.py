@@ -20,6 +20,7 @@ from common.objectives import OverfitWatch
 from common.run_folder import RunStore
 
 from .central import CentralEvaluator
+from .finetune import ServerFineTune
 from .messaging import RoundReporter, exchange
 from .nodes import NotEnoughNodes
 from .strategy import SharedPool
@@ -56,10 +57,13 @@ def _progress_line(cfg: ExperimentConfig, rnd: int, row: dict, elapsed: float,
 
 
 def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: SharedPool,
-               evaluator: CentralEvaluator, start_round: int, arrays: ArrayRecord) -> ArrayRecord:
+               evaluator: CentralEvaluator, start_round: int, arrays: ArrayRecord,
+               finetune: ServerFineTune | None = None) -> ArrayRecord:
     """Run rounds start_round..num_rounds (none when start_round > num_rounds: a resumed run
     that only needs finishing) and return the final global arrays. When nodes are missing
-    for longer than fl.node-wait: status "stopped", then RunStopped."""
+    for longer than fl.node-wait: status "stopped", then RunStopped. `finetune`
+    (fl.sharing=server) trains each new aggregate on G before anything else sees it: the
+    round's evaluation, its checkpoint and the next round's clients get the fine-tuned model."""
     if start_round > cfg.fl.num_rounds:
         recover_last_row(cfg, store, strategy, evaluator, arrays)
     started = time.perf_counter()
@@ -79,8 +83,14 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
                               reporter=RoundReporter(rnd, cfg.fl.num_rounds,
                                                      cfg.train.local_epochs))
         new_arrays, _, client_rows = strategy.aggregate_train(rnd, replies)
+        server_seconds = 0.0
         if new_arrays is not None:
             arrays = new_arrays
+            if finetune is not None:
+                store.set_status("running", rnd - 1, phase=f"round {rnd}: fine-tuning on G")
+                started_finetune = time.perf_counter()
+                arrays = finetune(arrays, rnd)
+                server_seconds = time.perf_counter() - started_finetune
         t_train = time.perf_counter() - t0
 
         federated = {}
@@ -104,6 +114,8 @@ def run_rounds(grid: Grid, cfg: ExperimentConfig, store: RunStore, strategy: Sha
             "shares_sent": sum(r["share_sent"] for r in client_rows),
             "lr_start": lr_start, "lr_end": lr_end,
             "train_seconds": t_train,
+            **strategy.traffic,
+            **({"server_train_seconds": server_seconds} if finetune is not None else {}),
         }
         state = strategy.to_state(arrays)
         if watch is not None:  # every round, evaluated or not: it collapses within an epoch

@@ -1,6 +1,11 @@
 """Shared-pool federated training: ships each client its share of G, aggregates the replies
 that pass the checks with Flower's FedAvg, FedMedian, FedTrimmedAvg or Krum (a member, `base`).
 
+What travels besides the model follows fl.sharing: raw sends each client its share of G;
+means sends the pool of the clients' averages (received with their hellos) in its place; none
+and server send no data. `traffic` holds each round's bytes (common.run_folder's
+TRAFFIC_COLUMNS).
+
 - who takes part is the node registry's job (server.nodes): greeted, refused, waited for;
 - each train message carries the round's settings and, the first time a node is seen or
   whenever the node no longer holds it, the node's alpha-share of G as uint8 arrays;
@@ -29,8 +34,11 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from common import protocol
 from common.config import ExperimentConfig
+from common.data import NUM_CLASSES
 from common.packing import Layout, packed_record, unpacked_state
 from common.partition import DataPlan
+from common.run_folder import (BYTES_DOWN_DATA, BYTES_DOWN_MODEL, BYTES_UP_DATA, BYTES_UP_MODEL,
+                               TRAFFIC_COLUMNS)
 
 from .nodes import NodeRegistry
 from .replies import ClientRows, cast_like, check_reply, claim_problem, first_metrics
@@ -44,6 +52,10 @@ class Share:
     x: np.ndarray
     y: np.ndarray
     hash: str
+
+
+# What a client receives with fl.sharing=none or server: no data, and no share record at all.
+NO_DATA = Share(np.empty((0, 3, 32, 32), np.uint8), np.empty(0, np.int64), protocol.NO_SHARE)
 
 
 def make_base(cfg: ExperimentConfig) -> FedAvg:
@@ -73,8 +85,10 @@ class SharedPool:
         self.registry = NodeRegistry(cfg)
         self._train_x, self._train_y, self._plan = train_x, train_y, plan
         self._shares: dict[int, Share] = {}
+        self._pool: tuple[tuple, Share] | None = None  # fl.sharing=means: (whose, pool)
         self._sent: list[Message] = []
         self.bytes_sent = 0
+        self.traffic = dict.fromkeys(TRAFFIC_COLUMNS, 0)  # of the current round
 
     @property
     def name(self) -> str:
@@ -91,12 +105,34 @@ class SharedPool:
     # --- clients -----------------------------------------------------------------------------
 
     def share_for(self, key: int) -> Share:
-        """The share of G of the client with this key (common.client_key)."""
+        """The data the client with this key (common.client_key) receives besides the model:
+        its share of G (fl.sharing=raw), the pool of every client's averages (means), none
+        (none, server)."""
+        sharing = self.cfg.fl.sharing
+        if sharing == "means":
+            return self.means_pool()
+        if sharing != "raw":
+            return NO_DATA
         if key not in self._shares:
             idx = self._plan.share(key, self.cfg.fl.shared_share, self.cfg.seed)
             x, y = self._train_x[idx], self._train_y[idx]
             self._shares[key] = Share(x, y, protocol.content_hash(x, y))
         return self._shares[key]
+
+    def means_pool(self) -> Share:
+        """Every admitted client's averages (the most recently joined node of each client
+        key), in client-key order, so that the same clients make the same pool and hash."""
+        latest = {info.key: info for info in self.registry.nodes.values() if info.means}
+        keys = tuple(sorted(latest))
+        # A client key back with other averages (a node whose folder changed) is a new pool.
+        held = tuple((k, id(latest[k].means)) for k in keys)
+        if self._pool is None or self._pool[0] != held:
+            x = np.concatenate([latest[k].means[0] for k in keys]) if keys else \
+                np.empty((0, 3, 32, 32), np.float32)
+            y = np.concatenate([latest[k].means[1] for k in keys]) if keys else \
+                np.empty((0, NUM_CLASSES), np.float32)
+            self._pool = (held, Share(x, y, protocol.content_hash(x, y)))
+        return self._pool[1]
 
     def _sample(self, nodes: list[int], fraction: float, server_round: int,
                 tag: int) -> list[int]:
@@ -107,8 +143,11 @@ class SharedPool:
         return sorted(node_of[p] for p in drawn)
 
     def max_examples(self, node: int) -> int:
-        """The most examples `node` can train on: its own images plus its share of G."""
+        """The most examples `node` can train on: its own images plus its share of G (the
+        averages of fl.sharing=means are mixed into its images, not added)."""
         info = self.registry.nodes[node]
+        if self.cfg.fl.sharing != "raw":
+            return info.num_examples
         return info.num_examples + len(self.share_for(info.key).y)
 
     # --- training --------------------------------------------------------------------------
@@ -119,6 +158,9 @@ class SharedPool:
                              server_round, 1)
         settings = protocol.settings_to_record(protocol.train_settings(self.cfg, server_round))
         model_bytes = sum(len(a.data) for a in arrays.values())
+        self.traffic = dict.fromkeys(TRAFFIC_COLUMNS, 0)
+        # The averages of the nodes greeted while waiting for this round (fl.sharing=means).
+        self.traffic[BYTES_UP_DATA] = self.registry.take_data_bytes_received()
         self._sent = []
         for node in nodes:
             info = self.registry.nodes[node]
@@ -129,11 +171,13 @@ class SharedPool:
                                                protocol.SERVER_ROUND: server_round,
                                                protocol.SHARE_HASH: share.hash}),
             })
-            if info.share_hash != share.hash:
+            if share is not NO_DATA and info.share_hash != share.hash:
                 content[protocol.SHARE] = ArrayRecord({protocol.SHARE_X: Array(share.x),
                                                        protocol.SHARE_Y: Array(share.y)})
                 self.bytes_sent += share.x.nbytes + share.y.nbytes
+                self.traffic[BYTES_DOWN_DATA] += share.x.nbytes + share.y.nbytes
             self.bytes_sent += model_bytes
+            self.traffic[BYTES_DOWN_MODEL] += model_bytes
             self._sent.append(Message(content, dst_node_id=node,
                                       message_type=MessageType.TRAIN,
                                       ttl=self.cfg.fl.round_timeout + 60))
@@ -160,6 +204,9 @@ class SharedPool:
                 continue
             if info:
                 info.share_hash = self.share_for(info.key).hash
+            update = reply.content.array_records.get(protocol.ARRAYS)
+            if update is not None:
+                self.traffic[BYTES_UP_MODEL] += sum(len(a.data) for a in update.values())
             problem = check_reply(reply.content, reference, self.layout,
                                   self.max_examples(node) if info else None)
             metrics = first_metrics(reply.content)

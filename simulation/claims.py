@@ -30,7 +30,9 @@ ROBUST = ("fgsm_noise_acc", "strongest")  # the paper's protocol; the strongest 
 # other objectives (the objectives study) must not compare across them.
 AT_RELU_FIXED = {"adversarial": True, "activation": "relu", "schedule": "fixed",
                  "objective": "mixed"}
-CENTRE = {**AT_RELU_FIXED, "partition": "iid", "share": 0.0}  # AT, no skew, no sharing
+NO_HELP = ("raw", "none")  # fl.sharing of a cell without help when its share is 0
+CENTRE = {**AT_RELU_FIXED, "partition": "iid", "share": 0.0,  # AT, no skew, no sharing
+          "sharing": NO_HELP}
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ CLAIMS = (
     Claim("Non-IID data without sharing loses robustness against IID", ROBUST, CENTRE,
           {**CENTRE, "partition": ("classes", "dirichlet")}),
     *(Claim(f"Sharing 40% of G recovers robustness ({partition})", ROBUST,
-            {**AT_RELU_FIXED, "partition": partition, "share": 0.4},
-            {**AT_RELU_FIXED, "partition": partition, "share": 0.0})
+            {**AT_RELU_FIXED, "partition": partition, "share": 0.4, "sharing": "raw"},
+            {**AT_RELU_FIXED, "partition": partition, "share": 0.0, "sharing": NO_HELP})
       for partition in ("classes", "dirichlet")),
     *(Claim(f"The paper's recipe with 40% sharing beats CalFAT without sharing ({partition})",
             NATURAL + ROBUST,
@@ -66,6 +68,12 @@ CLAIMS = (
             {"objective": "calfat", "partition": partition, "share": 0.0})
       for partition in ("iid", "classes")),
 )
+
+
+def study_claims(comparisons: tuple[tuple, ...]) -> tuple[Claim, ...]:
+    """A study's own comparisons (Study.claims: (text, measures, expected, other) tuples,
+    since the studies cannot import this module) as claims."""
+    return tuple(Claim(*c) for c in comparisons)
 
 
 def _matching(done: pd.DataFrame, selector: dict[str, Any]) -> list[str]:

@@ -26,15 +26,15 @@ import pandas as pd
 
 from common import results
 from common.intervals import Interval, difference, format_interval, over_seeds
-from common.run_folder import ROUNDS_CSV, RunStore
+from common.run_folder import ROUNDS_CSV, TRAFFIC_COLUMNS, RunStore
 
-from .claims import evaluate_claims
+from .claims import CLAIMS, Claim, evaluate_claims, study_claims
 from .diagnostics import FLAG_NOTE, accuracy_vs_eps_figure, diagnosed_rows, report_columns
 from .figures import accuracy_per_round
 from .final_eval import FinalEval, evaluated_rows
 from .studies import Cell, Study
-from .tables import (accuracy_columns, estimates, estimates_with_bounds, finished, present,
-                     strong_attack_columns)
+from .tables import (PER_ROUND, accuracy_columns, estimates, estimates_with_bounds, finished,
+                     present, strong_attack_columns)
 
 # The paper's headline number is FGSM through test-time noise; every other L-inf attack of
 # the final evaluation (PGD, PGD with restarts, C&W, EOT-PGD) competes for "strongest".
@@ -59,6 +59,9 @@ def _final_round(rounds: pd.DataFrame) -> dict[str, Any]:
         "train_eval_examples": last.get("eval_examples", math.nan),
         "rounds": int(rounds["round"].max()),
         "wall_seconds": float(rounds["round_seconds"].sum()),
+        # the traffic of an average round, each direction (runs before it was counted: none)
+        **{f"{c}{PER_ROUND}": float(rounds[c].mean()) for c in TRAFFIC_COLUMNS
+           if c in rounds},
     }
 
 
@@ -104,6 +107,7 @@ def collect(outcomes: list[CellRun | tuple], final: FinalEval
             rounds = store.rounds()
             row.update({"activation": cfg.model.activation, "schedule": cfg.train.schedule,
                         "partition": cfg.fl.partition, "share": cfg.fl.shared_share,
+                        "sharing": cfg.fl.sharing,
                         "objective": cfg.train.objective,
                         "adversarial": cfg.train.adversarial,
                         "train_noise": cfg.train.noise_std, "width": cfg.model.width,
@@ -287,11 +291,12 @@ def overstatement_text(summary: pd.DataFrame) -> str:
     )
 
 
-def claims_section(table: pd.DataFrame) -> list[str]:
-    """The paper's claims that this sweep's cells can test, each with its verdict."""
+def claims_section(table: pd.DataFrame, extra: tuple[Claim, ...] = ()) -> list[str]:
+    """The paper's claims that this sweep's cells can test, and the study's own comparisons
+    (`extra`), each with its verdict."""
     done = finished(table)
-    claims = evaluate_claims(done) if {"cell", "seed"} <= set(done.columns) else \
-        pd.DataFrame()
+    claims = evaluate_claims(done, CLAIMS + extra) if {"cell", "seed"} <= set(done.columns) \
+        else pd.DataFrame()
     lines = ["## The paper's claims", ""]
     if claims.empty:
         return lines + ["No pair of this sweep's cells tests one of the paper's claims "
@@ -391,7 +396,7 @@ def write_report(study: Study, outcomes: list[CellRun | tuple], folder: Path,
         note = interval_note(summary) if shown else ("means over seeds" if many else "")
         lines += [f"## {title}" + (f" ({note})" if note else ""), "", markdown_table(frame),
                   ""]
-    lines += claims_section(table)
+    lines += claims_section(table, study_claims(study.claims))
     lines += ["## Where the paper's protocol overstates robustness", "",
               overstatement_text(summary), ""]
     failed = table[table["status"] != "finished"] if "status" in table else table.iloc[:0]

@@ -6,6 +6,10 @@ import pandas as pd
 
 from common.intervals import Interval
 
+# Suffix of a run's mean traffic per round in the report table, one per rounds.csv traffic
+# column (common.run_folder.TRAFFIC_COLUMNS), e.g. bytes_up_data_per_round.
+PER_ROUND = "_per_round"
+
 
 def finished(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of runs that finished."""

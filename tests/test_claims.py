@@ -22,7 +22,7 @@ def runs(cell: str, seeds: dict[int, dict], **config) -> list[dict]:
     """One finished row per seed: config columns plus that seed's accuracies."""
     base = {"cell": cell, "status": "finished", "adversarial": True, "activation": "relu",
             "schedule": "fixed", "partition": "iid", "share": 0.0, "objective": "mixed",
-            "eval_examples": IMAGES, **config}
+            "sharing": "raw", "eval_examples": IMAGES, **config}
     return [{**base, "seed": s, **acc} for s, acc in seeds.items()]
 
 
@@ -117,7 +117,8 @@ def test_the_sharing_claim_compares_the_paper_recipe_with_itself():
     alone = runs("mixed-0.0", {0: acc(0.28, 0.18, 0.10)}, partition="classes")
     calfat = runs("calfat-0.0", {0: acc(0.29, 0.19, 0.11)}, partition="classes",
                   objective="calfat")
-    rows = evaluate_claims(table(shared, alone, calfat))
+    means = runs("means-0.0", {0: acc(0.27, 0.17, 0.09)}, partition="classes", sharing="means")
+    rows = evaluate_claims(table(shared, alone, calfat, means))  # means: the sharing study's
     compared = rows.groupby("claim")["compared with"].agg(set).to_dict()
     assert compared == {"Sharing 40% of G recovers robustness (classes)": {"mixed-0.0"},
                         "The paper's recipe with 40% sharing beats CalFAT without sharing "
@@ -126,7 +127,8 @@ def test_the_sharing_claim_compares_the_paper_recipe_with_itself():
 
 def test_every_declared_claim_can_be_matched():
     # A typo in a selector (a column collect does not write) would silently never apply.
-    columns = {"adversarial", "activation", "schedule", "partition", "share", "objective"}
+    columns = {"adversarial", "activation", "schedule", "partition", "share", "objective",
+               "sharing"}
     for claim in CLAIMS:
         assert set(claim.expected) <= columns and set(claim.other) <= columns, claim.text
         assert claim.measures and set(claim.measures) <= {"natural_acc", "fgsm_noise_acc",

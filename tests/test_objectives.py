@@ -430,6 +430,8 @@ def test_the_objectives_study_is_the_issue_grid_on_one_held_back_pool():
 
 
 NEW = tuple(name for name in objectives.NAMES if name != "mixed")
+SHARING = {"trades": {"fl.sharing": "none"},
+           "mart": {"fl.sharing": "server", "fl.shared-pool": 0.2, "fl.server-steps": 2}}  # G: 10
 
 
 @pytest.mark.flower
@@ -440,7 +442,9 @@ def test_every_objective_trains_a_round_through_flower(data_dir, tmp_path, flowe
     is what every other Flower test runs (one round of it: the centralized test of
     test_simulation.py), so the new four run here. The loss terms in clients.csv show that
     each objective reached the client; fgsm-rs' rounds carry its overfitting check, the
-    others' do not."""
+    others' do not. Two runs also carry a sharing mode through Flower (test_sharing.py runs
+    `means`, which needs mixed): trades with fl.sharing=none, mart with fl.sharing=server
+    (the server fine-tunes on G after aggregating; no image reaches the client)."""
     import pandas as pd
 
     from simulation.engine import run_app, simulation_link
@@ -461,7 +465,8 @@ def test_every_objective_trains_a_round_through_flower(data_dir, tmp_path, flowe
                 folder = tmp_path / name
                 folder.mkdir()
                 overrides = write_overrides({**tiny, "out.run-name": name,
-                                             "train.objective": name}, folder)
+                                             "train.objective": name, **SHARING.get(name, {})},
+                                            folder)
                 # One thread, as a sweep's clients have: faster on a shared machine.
                 code = run_app(link, overrides, Resources.for_clients(1, 1).federation_config(),
                                lines.append, timeout=300)
@@ -482,3 +487,5 @@ def test_every_objective_trains_a_round_through_flower(data_dir, tmp_path, flowe
         checked = {"co_check_pgd10_acc", "co_check_fgsm_acc", "catastrophic_overfitting"}
         assert checked <= set(rounds.columns) if name == "fgsm-rs" \
             else not checked & set(rounds.columns), name
+        assert rounds["bytes_down_data"].iloc[0] == 0 and clients["shared_examples"].iloc[0] == 0
+        assert ("server_train_seconds" in rounds) == (name == "mart"), name  # fine-tuned

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 
 from ..overrides import UsageError
-from . import activation, grid, noise, noniid, objectives
+from . import activation, grid, noise, noniid, objectives, sharing
 from .activation import VARYING_SCHEDULE
 from .noise import NOISE_LEVELS
 from .noniid import SHARES
@@ -14,7 +14,8 @@ from .objectives import PUBLISHED
 from .study import FINAL_EVAL_LIMIT, SCALES, SHARED_POOL, Cell, Scope, Study, scale_base
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
-    activation.STUDY, noniid.STUDY, noise.STUDY, objectives.STUDY, grid.STUDY)}
+    activation.STUDY, noniid.STUDY, noise.STUDY, objectives.STUDY, sharing.STUDY,
+    grid.STUDY)}
 
 
 def get_study(name: str) -> Study:

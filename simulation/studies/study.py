@@ -65,6 +65,9 @@ class Study:
     tables: Callable[[pd.DataFrame, list[str]], list[Table]]
     figures: tuple[Figure, ...] = ()
     noise_levels: tuple[float, ...] = ()
+    # The study's own comparisons of two cells, checked like the paper's claims (with
+    # intervals and verdicts): (text, measures, expected, other) as simulation.claims.Claim.
+    claims: tuple[tuple, ...] = ()
 
 
 def scale_base(scale: str, centralized: bool) -> dict[str, Any]:
