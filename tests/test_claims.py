@@ -186,3 +186,6 @@ def test_figures_get_each_mean_with_its_interval_bounds(tmp_path):
     assert "cell_low" not in bounded  # only columns that hold intervals get bounds
     made = figures(STUDIES["activation"], bounded, pd.DataFrame(), tmp_path)
     assert [p.name for p in made] == ["natural_vs_robust_by_activation.png"]
+    made = figures(STUDIES["objectives"], bounded, pd.DataFrame(), tmp_path)
+    assert [p.name for p in made] == ["natural_vs_robust_by_objective.png"]
+    assert made[0].stat().st_size > 10_000

@@ -7,6 +7,7 @@ import itertools
 
 import pandas as pd
 
+from ..figures import natural_vs_robust_by_objective
 from ..tables import accuracy_columns, estimates, present
 from .study import SHARED_POOL, Cell, Scope, Study, Table, make_cell, scale_base, slug
 
@@ -65,4 +66,4 @@ def tables(done: pd.DataFrame, acc: list[str]) -> list[Table]:
                          present(done, [*accuracy_columns(done), "strongest"])))]
 
 
-STUDY = Study("objectives", cells, tables)
+STUDY = Study("objectives", cells, tables, figures=(natural_vs_robust_by_objective,))
