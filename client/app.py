@@ -150,7 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = {
         protocol.NUM_EXAMPLES: fault.reported_examples(stats.num_examples),
         protocol.CLIENT_KEY: node.key,
-        protocol.SHARED_EXAMPLES: 0 if mix else int(share_x.shape[0]),  # images of G
+        protocol.SHARED_EXAMPLES: 0 if mix is not None else int(share_x.shape[0]),  # images of G
         protocol.SHARE_RECEIVED: int(share_received),
         **stats.as_metrics(),
     }
