@@ -57,7 +57,7 @@ def _measures(done: pd.DataFrame) -> list[tuple[str, str, str]]:
     return measures
 
 
-def _natural_vs_robust(done: pd.DataFrame, folder: Path, name: str, label: str, panel: str,
+def natural_vs_robust(done: pd.DataFrame, folder: Path, name: str, label: str, panel: str,
                        title: str) -> Path:
     """One panel per value of `panel`; in each, a point per row (its colour names its
     `label`) for each robust measure, with its 95% interval where the report has one."""
@@ -86,15 +86,6 @@ def _natural_vs_robust(done: pd.DataFrame, folder: Path, name: str, label: str, 
     return save(fig, folder, name)
 
 
-def _error(part: pd.DataFrame, column: str):
-    """The 100x distances from each estimate down and up to its interval's bounds, or None
-    where the report has no bounds."""
-    low, high = column + BOUNDS[0], column + BOUNDS[1]
-    if not {low, high} <= set(part.columns) or part[[low, high]].isna().all(axis=None):
-        return None
-    return [100 * (part[column] - part[low]).fillna(0), 100 * (part[high] - part[column]).fillna(0)]
-
-
 def natural_vs_robust_by_activation(done: pd.DataFrame, per_round: pd.DataFrame,
                                     folder: Path, always: bool = False) -> Path | None:
     """Natural against robust accuracy per activation, one panel per learning-rate schedule:
@@ -103,7 +94,7 @@ def natural_vs_robust_by_activation(done: pd.DataFrame, per_round: pd.DataFrame,
     if not (robust_columns(done) and "activation" in done.columns
             and (always or done["activation"].nunique() > 1)):
         return None
-    return _natural_vs_robust(done, folder, "natural_vs_robust_by_activation.png",
+    return natural_vs_robust(done, folder, "natural_vs_robust_by_activation.png",
                               "activation", "schedule", "{} learning rate")
 
 
@@ -115,7 +106,7 @@ def natural_vs_robust_by_objective(done: pd.DataFrame, per_round: pd.DataFrame,
         return None
     labelled = done.assign(objective_share=[f"{o}, share {s:g}" for o, s in
                                             zip(done["objective"], done["share"])])
-    return _natural_vs_robust(labelled, folder, "natural_vs_robust_by_objective.png",
+    return natural_vs_robust(labelled, folder, "natural_vs_robust_by_objective.png",
                               "objective_share", "partition", "partition: {}")
 
 

@@ -66,17 +66,19 @@ def cell_state(cfg: ExperimentConfig) -> str:
 
 
 def check_same_sweep(folder: Path, description: dict[str, Any]) -> None:
-    """The folder's sweep.json, if any, must list the same cells. A sweep.json from before
-    --seeds existed has no seeds: it ran each cell's own seed, the first of any --seeds N,
-    so it goes on with more seeds as it is."""
+    """The folder's sweep.json, if any, must list the same cells, or fewer: a sweep may be
+    extended with more cells of its study (its report then covers them all), never narrowed
+    or changed. A sweep.json from before --seeds existed has no seeds: it ran each cell's own
+    seed, the first of any --seeds N, so it goes on with more seeds as it is."""
     path = folder / "sweep.json"
     if path.exists():
         before = json.loads(path.read_text())
-        if before.get("cells") != description["cells"]:
+        missing = [c for c in before.get("cells", []) if c not in description["cells"]]
+        if missing:
             raise UsageError(
                 f"{folder} holds a sweep with other cells ({len(before.get('cells', []))} "
-                f"cells, e.g. {before.get('cells', ['?'])[:2]}); use another --out or the same "
-                "study, scale and settings"
+                f"cells, e.g. {missing[:2]} not in this one); use another --out, or the same "
+                "study, scale and settings (more --cells may be added, none left out)"
             )
     results.write_json(path, description)
 

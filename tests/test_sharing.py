@@ -290,7 +290,7 @@ def sharing_results() -> pd.DataFrame:
     for mode, worst in robust.items():
         for seed, jitter in ((0, 0.0), (1, 0.01)):
             rows.append({
-                "cell": f"{mode}-classes", "seed": seed, "status": "finished",
+                "cell": f"{mode}-classes", "seed": seed, "status": "finished", "adversarial": True,
                 "partition": "classes", "sharing": mode, "share": 0.4 if mode == "raw" else 0,
                 "eval_examples": 1000, "natural_acc": 0.3 + worst + jitter,
                 "worst_acc": worst + jitter, "strongest": worst + jitter,
@@ -304,7 +304,8 @@ def test_the_sharing_report_gives_the_share_of_raws_gain_each_mode_recovers(tmp_
     from simulation.claims import study_claims
     from simulation.report import claims_section, figures, study_tables, summarize
     from simulation.studies import STUDIES
-    from simulation.tables import estimates
+    from simulation.studies.sharing import mode_label
+    from simulation.tables import estimates_with_bounds
 
     study = STUDIES["sharing"]
     (_, per_cell), (_, recovery) = study_tables(study, summarize(sharing_results()))
@@ -318,8 +319,12 @@ def test_the_sharing_report_gives_the_share_of_raws_gain_each_mode_recovers(tmp_
     lines = "\n".join(claims_section(sharing_results(), study_claims(study.claims)))
     assert "fl.sharing=means raises accuracy over none (classes)" in lines
     assert "reproduced" in lines
-    drawn = figures(study, estimates(summarize(sharing_results())), pd.DataFrame(), tmp_path)
-    assert tmp_path / "accuracy_vs_traffic.png" in drawn
+    bounded = estimates_with_bounds(summarize(sharing_results().assign(rounds=8)))
+    drawn = figures(study, bounded, pd.DataFrame(), tmp_path)
+    assert tmp_path / "natural_vs_robust_by_sharing.png" in drawn
+    labels = {row["sharing"]: mode_label(row) for _, row in bounded.iterrows()}
+    assert labels == {"none": "none: no data", "raw": "raw: 40.00 MB of data",
+                                "means": "means: 1.20 MB of data", "server": "server: no data"}
 
 
 # --- through Flower -----------------------------------------------------------------------------

@@ -109,13 +109,20 @@ def test_each_seed_of_a_cell_is_a_run_of_its_own(tmp_path):
     assert {cfg.out.dir for _, cfg in runs} == {str(tmp_path / "cells")}
 
 
-def test_a_sweep_json_from_before_seeds_goes_on_and_other_cells_are_refused(tmp_path):
+def test_a_sweep_json_from_before_seeds_goes_on_more_cells_extend_it_others_are_refused(tmp_path):
     old = {"sweep": "grid", "cells": ["a", "b"], "extra": {}}  # no "seeds": one seed each
     (tmp_path / "sweep.json").write_text(json.dumps(old))
     check_same_sweep(tmp_path, {**old, "seeds": 3})  # the same cells, more seeds: fine
     assert json.loads((tmp_path / "sweep.json").read_text())["seeds"] == 3
     with pytest.raises(UsageError, match="holds a sweep with other cells"):
         check_same_sweep(tmp_path, {**old, "cells": ["a"], "seeds": 3})
+    with pytest.raises(UsageError, match=r"\['b'\] not in this one"):
+        check_same_sweep(tmp_path, {**old, "cells": ["a", "c"], "seeds": 3})
+    # more cells of the same study extend it; the record then lists them all
+    check_same_sweep(tmp_path, {**old, "cells": ["a", "b", "c"], "seeds": 3})
+    assert json.loads((tmp_path / "sweep.json").read_text())["cells"] == ["a", "b", "c"]
+    with pytest.raises(UsageError, match="holds a sweep with other cells"):
+        check_same_sweep(tmp_path, {**old, "seeds": 3})  # and cannot shrink back
 
 
 @pytest.mark.parametrize("command, fragment", [

@@ -18,7 +18,7 @@ import pandas as pd
 
 from common.intervals import Interval
 
-from ..figures import pyplot, save
+from ..figures import natural_vs_robust
 from ..tables import PER_ROUND, present
 from .study import SHARED_POOL, Cell, Scope, Study, Table, make_cell, scale_base
 
@@ -109,29 +109,27 @@ def tables(done: pd.DataFrame, acc: list[str]) -> list[Table]:
     return out
 
 
-def accuracy_vs_traffic(done: pd.DataFrame, per_round: pd.DataFrame, folder: Path
-                        ) -> Path | None:
-    """Natural and robust accuracy against the traffic of a round (both directions), one
-    marker per sharing mode, one colour per partition."""
-    robust = robust_column(done)
-    if not (robust and "sharing" in done.columns):
+def mode_label(row: pd.Series) -> str:
+    """A sharing mode with the data it moved over a run, both directions (without the
+    model's traffic, the same in every mode)."""
+    t = traffic(row)
+    rounds = _estimate(row["rounds"]) if "rounds" in row else math.nan
+    data = (t["data MB up/round"] + t["data MB down/round"]) * rounds
+    if math.isnan(data):
+        return row["sharing"]
+    return f"{row['sharing']}: " + (f"{data:.2f} MB of data" if data else "no data")
+
+
+def natural_vs_robust_by_sharing(done: pd.DataFrame, per_round: pd.DataFrame, folder: Path
+                                 ) -> Path | None:
+    """Natural against robust accuracy per sharing mode, each mean with its 95% interval, one
+    panel per partition; the legend gives the data each mode moved over a run (the model's
+    traffic is the same in every mode)."""
+    if not (robust_column(done) and {"sharing", "partition"} <= set(done.columns)):
         return None
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    markers = dict(zip(MODES, "osD^"))
-    for partition, part in done.groupby("partition"):
-        for _, row in part.iterrows():
-            t = traffic(row)
-            x = t["MB up/round"] + t["MB down/round"]
-            for ax, column in zip(axes, ("natural_acc", robust)):
-                ax.scatter(x, 100 * _estimate(row[column]),
-                           marker=markers.get(row["sharing"], "x"),
-                           color={"classes": "C0", "dirichlet": "C1"}.get(partition, "C2"),
-                           label=f"{row['sharing']}, {partition}")
-    for ax, title in zip(axes, ("natural accuracy", f"robust accuracy ({robust})")):
-        ax.set(title=title, xlabel="MB per round, both directions", ylabel="accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    return save(fig, folder, "accuracy_vs_traffic.png")
+    labelled = done.assign(sharing_traffic=[mode_label(r) for _, r in done.iterrows()])
+    return natural_vs_robust(labelled, folder, "natural_vs_robust_by_sharing.png",
+                             "sharing_traffic", "partition", "partition: {}")
 
 
 # Each helping mode against none on the same partition, natural and robust: the intervals of
@@ -142,4 +140,5 @@ COMPARISONS = tuple(
      {"sharing": mode, "partition": partition}, {"sharing": "none", "partition": partition})
     for partition in PARTITIONS for mode in HELPERS)
 
-STUDY = Study("sharing", cells, tables, figures=(accuracy_vs_traffic,), claims=COMPARISONS)
+STUDY = Study("sharing", cells, tables, figures=(natural_vs_robust_by_sharing,),
+              claims=COMPARISONS)
