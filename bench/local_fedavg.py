@@ -13,7 +13,7 @@ import torch
 from common import protocol
 from common.config import ExperimentConfig
 from common.data import Cifar10
-from common.models import build_model
+from common.models import model_from_config
 from common.partition import split_for
 from common.training import train
 
@@ -27,7 +27,7 @@ class LocalRun:
 
 def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     torch.manual_seed(cfg.seed)  # as server.app does before building the initial model
-    return build_model(cfg.model.activation, cfg.model.width, cfg.model.variant).state_dict()
+    return model_from_config(cfg).state_dict()
 
 
 def client_data(cfg: ExperimentConfig, data: Cifar10, num_partitions: int):
@@ -64,7 +64,7 @@ def run_local(cfg: ExperimentConfig, data: Cifar10, num_partitions: int,
         settings = protocol.train_settings(cfg, rnd)
         states, weights, losses = [], [], []
         for pid, (images, labels) in enumerate(clients):
-            model = build_model(cfg.model.activation, cfg.model.width, cfg.model.variant)
+            model = model_from_config(cfg)
             model.load_state_dict(state)
             model.to(device)
             stats = train(model, images, labels, settings,
