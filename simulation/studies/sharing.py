@@ -104,7 +104,7 @@ def tables(done: pd.DataFrame, acc: list[str]) -> list[Table]:
             per_cell.sort_values(["partition", "sharing"]))]
     if robust and {"sharing", "partition"} <= set(done.columns):
         out.append((f"How much of raw sharing's gain over none each mode recovers ({robust}; "
-                    "gains in points, means over seeds; their 95% intervals in the claims)",
+                    "gains in points; their 95% intervals in the claims)",
                     recovery_table(done, robust)))
     return out
 
